@@ -1,0 +1,78 @@
+"""Frozen, self-validating settings. Paper symbols (ColorMNet, ECCV 2024; XMem) in the comments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Dimensions the official loader derives from a checkpoint (`init_hyperparameters`)."""
+
+    key_dim: int = 64       # C^k: channels of key and selection
+    value_dim: int = 512    # C^v: channels of a value per chroma channel ("object")
+    hidden_dim: int = 64    # C^h: channels of the GRU hidden state (0 = no hidden state)
+
+    def __post_init__(self) -> None:
+        for name in ("key_dim", "value_dim"):
+            if getattr(self, name) <= 0:
+                raise InputError(f"NetworkConfig.{name} must be positive, got {getattr(self, name)}.")
+        if self.hidden_dim < 0:
+            raise InputError(f"NetworkConfig.hidden_dim must be 0 or positive, got {self.hidden_dim}.")
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """MFP (memory feature propagation) settings; the defaults are the official release's.
+
+    The two exemplar options are ours: the official code has exactly one exemplar and no
+    permanent store.
+    """
+
+    mem_every: int = 5                      # r: a frame is memorised when r frames passed since the last one
+    deep_update_every: int = -1             # -1: hidden-state deep update on every memory frame
+    enable_long_term: bool = True           # working -> long-term consolidation on
+    min_mid_term_frames: int = 5            # T_min: working-memory frames kept after a consolidation
+    max_mid_term_frames: int = 10           # T_max: working-memory frames that trigger a consolidation
+    num_prototypes: int = 128               # P: long-term prototypes made per consolidation
+    max_long_term_elements: int = 10_000    # LT_max: long-term capacity in elements (pixels at stride 16)
+    top_k: int = 30                         # k of the top-k softmax over memory
+    permanent_exemplars: bool = True        # ours: exemplars live in a store that is never consolidated
+
+    def __post_init__(self) -> None:
+        if self.mem_every < 1:
+            raise InputError(f"mem_every (r) must be at least 1, got {self.mem_every}.")
+        if self.deep_update_every == 0 or self.deep_update_every < -1:
+            raise InputError(
+                f"deep_update_every must be -1 (with every memory frame) or a positive number of "
+                f"frames, got {self.deep_update_every}.")
+        if not 1 <= self.min_mid_term_frames < self.max_mid_term_frames:
+            raise InputError(
+                f"min_mid_term_frames (T_min={self.min_mid_term_frames}) must be at least 1 and below "
+                f"max_mid_term_frames (T_max={self.max_mid_term_frames}).")
+        if self.num_prototypes < 1:
+            raise InputError(f"num_prototypes (P) must be at least 1, got {self.num_prototypes}.")
+        if self.enable_long_term and self.max_long_term_elements <= self.num_prototypes:
+            raise InputError(
+                f"max_long_term_elements (LT_max={self.max_long_term_elements}) must exceed "
+                f"num_prototypes (P={self.num_prototypes}) so that a consolidation fits; raise "
+                f"LT_max or lower P.")
+        if self.top_k < 1:
+            raise InputError(f"top_k must be at least 1, got {self.top_k}.")
+
+    @classmethod
+    def from_official_options(cls, options: dict) -> "MemoryConfig":
+        """Settings from the official `test.py` option names (as in the golden fixture's configs)."""
+        return cls(
+            mem_every=int(options.get("mem_every", 5)),
+            deep_update_every=int(options.get("deep_update_every", -1)),
+            enable_long_term=not bool(options.get("disable_long_term", False)),
+            min_mid_term_frames=int(options.get("min_mid_term_frames", 5)),
+            max_mid_term_frames=int(options.get("max_mid_term_frames", 10)),
+            num_prototypes=int(options.get("num_prototypes", 128)),
+            max_long_term_elements=int(options.get("max_long_term_elements", 10_000)),
+            top_k=int(options.get("top_k", 30)),
+            permanent_exemplars=False,
+        )

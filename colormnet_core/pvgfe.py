@@ -1,0 +1,142 @@
+"""PVGFE - large-pretrained visual model guided feature estimation (the ColorMNet key encoder).
+
+A ResNet-50 (stages 1-3) and DINOv2 ViT-S/14 see the same input (L' replicated to 3 channels,
+no ImageNet normalisation). DINOv2's last four blocks are concatenated, projected and resized
+from stride 14 to stride 16, then fused into the ResNet features at strides 16, 8 and 4 by a
+cross-channel attention in which DINOv2 gives the queries and the ResNet the keys and values.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .backbones import (
+    DINO_DIM, DINO_LAYERS, DINO_PATCH, ResNetTrunk, build_dinov2_vits14, dinov2_intermediate_layers)
+
+DINO_CONCAT_DIM = DINO_DIM * len(DINO_LAYERS)   # 1536
+
+
+class KeyFeatures(NamedTuple):
+    """Fused key-encoder maps: f16 `B x 1024 x H/16 x W/16`, f8 `B x 512 x H/8`, f4 `B x 256 x H/4`."""
+
+    f16: Tensor
+    f8: Tensor
+    f4: Tensor
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of every pixel, eps 1e-6 (biased variance), as the official Fuse."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean = x.mean(1, keepdim=True)
+        centred = x - mean
+        var = centred.pow(2).mean(1, keepdim=True)
+        y = centred / (var + self.eps).sqrt()
+        return self.weight.view(1, -1, 1, 1) * y + self.bias.view(1, -1, 1, 1)
+
+
+class CrossChannelAttention(nn.Module):
+    """Restormer-style "transposed" attention between channels, queries from one map, keys/values from another.
+
+    Each of the `heads` heads attends over its `2C/heads` channels with an affinity of
+    L2-normalised (over space) channel rows, scaled by a learned per-head temperature.
+    """
+
+    def __init__(self, dim: int, heads: int = 8) -> None:
+        super().__init__()
+        wide = 2 * dim
+        self.heads = heads
+        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+        self.to_q = nn.Conv2d(dim, wide, 1)
+        self.to_q_dw = nn.Conv2d(wide, wide, 3, padding=1, groups=wide)
+        self.to_k = nn.Conv2d(dim, wide, 1)
+        self.to_k_dw = nn.Conv2d(wide, wide, 3, padding=1, groups=wide)
+        self.to_v = nn.Conv2d(dim, wide, 1)
+        self.to_v_dw = nn.Conv2d(wide, wide, 3, padding=1, groups=wide)
+        self.to_out = nn.Sequential(nn.Conv2d(wide, dim, 1))
+
+    def forward(self, query_map: Tensor, context_map: Tensor) -> Tensor:
+        """query_map, context_map: `B x C x H x W` -> `B x C x H x W`."""
+        b, _, h, w = query_map.shape
+
+        def heads(t: Tensor) -> Tensor:
+            return t.reshape(b, self.heads, -1, h * w)
+
+        q = F.normalize(heads(self.to_q_dw(self.to_q(query_map))), dim=-1)
+        k = F.normalize(heads(self.to_k_dw(self.to_k(context_map))), dim=-1)
+        v = heads(self.to_v_dw(self.to_v(context_map)))
+        affinity = (q @ k.transpose(-2, -1) * self.temperature).softmax(dim=-1)
+        return self.to_out((affinity @ v).reshape(b, -1, h, w))
+
+
+class GuidedFusion(nn.Module):
+    """Fuse (official name): `ReLU(LN(attention(LN(P e), LN(c)) + P e))`, P a 3x3 conv on the DINOv2 map e."""
+
+    def __init__(self, dino_dim: int, dim: int) -> None:
+        super().__init__()
+        self.dino_proj = nn.Conv2d(dino_dim, dim, 3, padding=1)
+        self.norm_dino = LayerNorm2d(dim)
+        self.norm_cnn = LayerNorm2d(dim)
+        self.attention = CrossChannelAttention(dim)
+        self.norm_out = LayerNorm2d(dim)
+
+    def forward(self, dino: Tensor, cnn: Tensor) -> Tensor:
+        """dino: `B x 1536 x H x W`, cnn: `B x dim x H x W` (same size) -> `B x dim x H x W`."""
+        projected = self.dino_proj(dino)
+        fused = self.attention(self.norm_dino(projected), self.norm_cnn(cnn)) + projected
+        return F.relu(self.norm_out(fused))
+
+
+class DinoFeatures(nn.Module):
+    """DINOv2 blocks 8-11 concatenated, 1x1 conv + BN + ReLU, resized from stride 14 to stride 16.
+
+    (The official code never trains conv/bn here - they sit under no_grad - but applies them.)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vit = build_dinov2_vits14()
+        # A hub parameter timm lacks: unused at inference, kept so checkpoints load strictly.
+        self.mask_token = nn.Parameter(torch.zeros(1, DINO_DIM))
+        self.conv = nn.Conv2d(DINO_CONCAT_DIM, DINO_CONCAT_DIM, 1, bias=False)
+        self.bn = nn.BatchNorm2d(DINO_CONCAT_DIM)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: `B x 3 x H x W` (multiples of 112) -> `B x 1536 x H/16 x W/16`."""
+        d14 = torch.cat(dinov2_intermediate_layers(self.vit, x), dim=1)
+        d14 = F.relu(self.bn(self.conv(d14)))
+        # Explicit size int(g * 14 / 16): the 8:7 ratio is exact for 112-multiples.
+        size = (int(d14.shape[-2] * DINO_PATCH / 16), int(d14.shape[-1] * DINO_PATCH / 16))
+        return F.interpolate(d14, size=size, mode="bilinear", align_corners=False)
+
+
+class KeyEncoder(nn.Module):
+    """PVGFE: image `B x 3 x H x W` (L' x 3, H and W multiples of 112) -> fused f16, f8, f4."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cnn = ResNetTrunk("resnet50")
+        self.dino = DinoFeatures()
+        self.fuse16 = GuidedFusion(DINO_CONCAT_DIM, 1024)
+        self.fuse8 = GuidedFusion(DINO_CONCAT_DIM, 512)
+        self.fuse4 = GuidedFusion(DINO_CONCAT_DIM, 256)
+
+    def forward(self, image: Tensor) -> KeyFeatures:
+        c4, c8, c16 = self.cnn(image)
+        d16 = self.dino(image)
+        up = dict(mode="bilinear", align_corners=False)
+        return KeyFeatures(
+            f16=self.fuse16(d16, c16),
+            f8=self.fuse8(F.interpolate(d16, scale_factor=2, **up), c8),
+            f4=self.fuse4(F.interpolate(d16, scale_factor=4, **up), c4),
+        )
