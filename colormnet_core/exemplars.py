@@ -1,0 +1,105 @@
+"""Exemplars: colour images that say what colours the video has.
+
+An exemplar either *is* a frame of the video in colour (pinned to its frame index: at that frame
+the output takes its chroma and the memory gets it; official first-frame path, generalised to any
+frame), or is a reference image that is not a frame (loaded into memory before frame 0; official
+any-exemplar path). Encoding a reference is independent of the video and can be reused across
+videos of the same processing size; a pinned exemplar is encoded together with its frame's
+luminance when the session reaches it, exactly as the official pipeline does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .errors import InputError
+from .network import ColorMNet
+from .preprocess import Geometry, as_rgb, normalized_lab, resize
+
+
+@dataclass(frozen=True)
+class Exemplar:
+    """image: `3 x H x W` (or `1/4 x H x W`) sRGB in [0, 1] or uint8, any size and aspect;
+    frame: the index of the video frame it is the colour version of, or None for a reference."""
+
+    image: Tensor
+    frame: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.image.dim() != 3:
+            raise InputError(f"an exemplar image must be C x H x W, got shape {tuple(self.image.shape)}.")
+        if self.frame is not None and self.frame < 0:
+            raise InputError(f"an exemplar's frame index must be 0 or more, got {self.frame}.")
+
+
+@dataclass(frozen=True)
+class PreparedExemplar:
+    """An exemplar at a processing geometry: padded normalised Lab `1 x 3 x Hp x Wp` (L', a', b'),
+    plus - for references - its memory entry (key, shrinkage, selection, value)."""
+
+    frame: int | None
+    lab: Tensor
+    key: Tensor | None = None
+    shrinkage: Tensor | None = None
+    selection: Tensor | None = None
+    value: Tensor | None = None
+
+    @property
+    def ab(self) -> Tensor:
+        return self.lab[:, 1:]
+
+    @property
+    def image(self) -> Tensor:
+        return self.lab[:, :1].expand(-1, 3, -1, -1)
+
+
+@dataclass
+class EncodedExemplars:
+    """Exemplars ready for sessions; immutable to callers (ComfyUI shares one object between nodes).
+
+    Encodings are cached per processing geometry, so one object colorizes many videos.
+    """
+
+    exemplars: tuple[Exemplar, ...]
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.exemplars:
+            raise InputError("no exemplar given: add at least one colour exemplar image.")
+        pinned = [e.frame for e in self.exemplars if e.frame is not None]
+        duplicates = sorted({f for f in pinned if pinned.count(f) > 1})
+        if duplicates:
+            raise InputError(f"several exemplars are pinned to frame(s) {duplicates}; keep one exemplar per frame.")
+
+    @property
+    def pinned_frames(self) -> list[int]:
+        return sorted(e.frame for e in self.exemplars if e.frame is not None)
+
+    @property
+    def references(self) -> list[Exemplar]:
+        return [e for e in self.exemplars if e.frame is None]
+
+    def prepare(self, network: ColorMNet, geometry: Geometry, device: torch.device,
+                dtype: torch.dtype = torch.float32) -> list[PreparedExemplar]:
+        """Resize, convert and (for references) encode every exemplar for `geometry` on `device`."""
+        cache_key = (geometry.processing_size, geometry.padding, str(device), dtype, id(network))
+        if cache_key not in self._cache:
+            self._cache.clear()   # one geometry at a time keeps device memory bounded
+            self._cache[cache_key] = [self._prepare_one(e, network, geometry, device) for e in self.exemplars]
+        return self._cache[cache_key]
+
+    @torch.inference_mode()
+    def _prepare_one(self, exemplar: Exemplar, network: ColorMNet, geometry: Geometry,
+                     device: torch.device) -> PreparedExemplar:
+        rgb = as_rgb(exemplar.image.unsqueeze(0), "exemplar image")
+        rgb = resize(rgb, geometry.processing_size)
+        lab = geometry.padding.pad(normalized_lab(rgb.clamp(0, 1))).to(device)
+        if exemplar.frame is not None:
+            return PreparedExemplar(exemplar.frame, lab)
+        image = lab[:, :1].expand(-1, 3, -1, -1)
+        encoded = network.encode_key(image, need_shrinkage=True)
+        value, _ = network.encode_value(image, encoded.features.f16, None, lab[:, 1:], deep_update=False)
+        return PreparedExemplar(None, lab, encoded.key, encoded.shrinkage, encoded.selection, value)

@@ -1,0 +1,243 @@
+"""MFP - memory feature propagation: XMem-style working, long-term and (ours) permanent memory.
+
+Elements are pixels of the stride-16 grid; one frame contributes HW = h*w elements. Shapes
+(batch is always 1): key `1 x Ck x N`, shrinkage `1 x 1 x N`, selection `1 x Ck x N`,
+value `2 x Cv x N` (the two chroma "objects" share keys and affinities).
+
+Stores:
+* permanent - never consolidated, never pruned. Official mode puts the first memory frame here
+  (XMem pins the first working-memory frame); with `permanent_exemplars` every exemplar goes here.
+* working (WM) - the newest memory frames. When WM plus the pinned slot reaches T_max frames, its
+  oldest frames are consolidated into P long-term prototypes and T_min - 1 frames stay.
+* long-term (LT) - prototypes, pruned by normalised usage to stay within LT_max elements.
+
+A read concatenates [LT, permanent, WM] (the official [LT, WM] order) and takes one top-k
+softmax over all of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .config import MemoryConfig
+
+# Upper bound on memory-by-query similarity entries computed at once (each is 4 bytes, and a few
+# temporaries of that size coexist); large frames are read in bands of query pixels.
+READ_CHUNK_ELEMENTS = 1 << 25
+
+MemoryEventHook = Callable[[str, dict], None]
+
+
+def similarity(mem_key: Tensor, mem_shrinkage: Tensor | None, query_key: Tensor, query_selection: Tensor) -> Tensor:
+    """Anisotropic negative squared L2: `S_ji = -s_j * sum_c e_ic (k_jc - q_ic)^2 / sqrt(Ck)`.
+
+    mem_key `1 x Ck x N`, mem_shrinkage `1 x 1 x N`, query_key/selection `1 x Ck x n` -> `1 x N x n`.
+    Evaluated in the expanded form the official code uses (it decides near-tie top-k choices).
+    """
+    mk = mem_key.transpose(1, 2)
+    a_sq = mk.pow(2) @ query_selection
+    two_ab = 2 * (mk @ (query_key * query_selection))
+    b_sq = (query_selection * query_key.pow(2)).sum(1, keepdim=True)
+    sim = -a_sq + two_ab - b_sq
+    if mem_shrinkage is not None:
+        sim = sim * mem_shrinkage.transpose(1, 2)
+    return sim / math.sqrt(mem_key.shape[1])
+
+
+def top_k_affinity(sim: Tensor, top_k: int) -> Tensor:
+    """Softmax over the top-k memory elements of every query, zero elsewhere: `1 x N x n`.
+
+    The official code exponentiates without subtracting the maximum; S <= 0 makes that safe,
+    and keeping it keeps its rounding.
+    """
+    values, indices = torch.topk(sim, k=min(top_k, sim.shape[1]), dim=1)
+    weights = values.exp()
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    return torch.zeros_like(sim).scatter_(1, indices, weights)
+
+
+def full_affinity(sim: Tensor) -> Tensor:
+    """Plain softmax over memory (dim 1) with max subtraction, as used by potentiation."""
+    shifted = (sim - sim.amax(dim=1, keepdim=True)).exp()
+    return shifted / shifted.sum(dim=1, keepdim=True)
+
+
+@dataclass
+class KeyValueStore:
+    """One memory store; counters (float32) only when `count_usage` (usage = use_count / life_count)."""
+
+    count_usage: bool
+    key: Tensor | None = None
+    shrinkage: Tensor | None = None
+    selection: Tensor | None = None
+    value: Tensor | None = None
+    use_count: Tensor | None = None
+    life_count: Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        return 0 if self.key is None else self.key.shape[-1]
+
+    def add(self, key: Tensor, shrinkage: Tensor, selection: Tensor | None, value: Tensor) -> None:
+        n = key.shape[-1]
+        counts = torch.zeros(1, 1, n, device=key.device, dtype=torch.float32)
+        new = {"key": key, "shrinkage": shrinkage, "selection": selection, "value": value,
+               "use_count": counts, "life_count": counts + 1e-7}
+        for name, tensor in new.items():
+            old = getattr(self, name)
+            if tensor is None or (name in ("use_count", "life_count") and not self.count_usage):
+                continue
+            setattr(self, name, tensor if old is None else torch.cat([old, tensor], dim=-1))
+
+    def update_usage(self, usage: Tensor) -> None:
+        """usage: `N` (affinity summed over the query pixels of one read)."""
+        if self.count_usage and self.size:
+            self.use_count += usage.view_as(self.use_count)
+            self.life_count += 1
+
+    def usage(self) -> Tensor:
+        return (self.use_count / self.life_count).flatten()
+
+    def select(self, index: Tensor | slice) -> dict[str, Tensor | None]:
+        return {name: None if t is None else t[..., index] for name, t in self._tensors().items()}
+
+    def keep(self, index: Tensor | slice) -> None:
+        for name, t in self.select(index).items():
+            setattr(self, name, t)
+
+    def _tensors(self) -> dict[str, Tensor | None]:
+        return {"key": self.key, "shrinkage": self.shrinkage, "selection": self.selection, "value": self.value,
+                "use_count": self.use_count, "life_count": self.life_count}
+
+
+@dataclass
+class MemoryStats:
+    """Sizes in elements, for logging, tests and the benchmarks."""
+
+    permanent: int
+    working: int
+    long_term: int
+    frame_elements: int
+
+
+@dataclass
+class MFPMemory:
+    """The memory of one video. Not thread-safe; one per session."""
+
+    config: MemoryConfig
+    on_event: MemoryEventHook | None = None
+    frame_elements: int = 0                     # HW, fixed by the first insertion
+    permanent: KeyValueStore = field(default_factory=lambda: KeyValueStore(count_usage=False))
+    working: KeyValueStore = field(init=False)
+    long_term: KeyValueStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Working-memory usage feeds consolidation; long-term usage feeds pruning. The official code
+        # turns LT counting on only for videos of >= 391 frames; counting never changes a readout,
+        # so counting always is output-identical and needs no video length (streaming).
+        self.working = KeyValueStore(count_usage=self.config.enable_long_term)
+        self.long_term = KeyValueStore(count_usage=self.config.enable_long_term)
+
+    @property
+    def stats(self) -> MemoryStats:
+        return MemoryStats(self.permanent.size, self.working.size, self.long_term.size, self.frame_elements)
+
+    @property
+    def empty(self) -> bool:
+        return self.permanent.size + self.working.size == 0
+
+    def add(self, key: Tensor, shrinkage: Tensor, selection: Tensor, value: Tensor, *,
+            permanent: bool, frame_index: int) -> None:
+        """Memorise one frame. key/selection `1 x Ck x h x w`, shrinkage `1 x 1 x h x w`,
+        value `1 x 2 x Cv x h x w`. `permanent` asks for the never-evicted store; official mode
+        (`permanent_exemplars=False`) pins only the first memory frame, like XMem."""
+        hw = key.shape[-2] * key.shape[-1]
+        if self.frame_elements == 0:
+            self.frame_elements = hw
+        elif hw != self.frame_elements:
+            raise ValueError(f"memory frames must share one grid: {hw} elements, not {self.frame_elements}")
+        if not self.config.permanent_exemplars:
+            permanent = self.empty
+        store = self.permanent if permanent else self.working
+        store.add(key.flatten(2), shrinkage.flatten(2), selection.flatten(2), value[0].flatten(2))
+        if self.config.enable_long_term and not permanent:
+            self._consolidate_if_full(frame_index)
+
+    def read(self, key: Tensor, selection: Tensor) -> Tensor:
+        """Top-k readout for a query frame: key/selection `1 x Ck x h x w` -> `1 x 2 x Cv x h x w`.
+
+        Updates the usage counters (the read is not idempotent)."""
+        h, w = key.shape[-2:]
+        query = key.flatten(2)
+        query_sel = selection.flatten(2)
+        stores = [s for s in (self.long_term, self.permanent, self.working) if s.size]
+        mem_key = torch.cat([s.key for s in stores], dim=-1)
+        mem_shrinkage = torch.cat([s.shrinkage for s in stores], dim=-1)
+        mem_value = torch.cat([s.value for s in stores], dim=-1)
+        n_mem, n_query = mem_key.shape[-1], query.shape[-1]
+        band = max(1, min(n_query, READ_CHUNK_ELEMENTS // n_mem))
+        readouts = []
+        usage = torch.zeros(n_mem, device=key.device, dtype=torch.float32)
+        for start in range(0, n_query, band):
+            part = slice(start, start + band)
+            sim = similarity(mem_key, mem_shrinkage, query[..., part], query_sel[..., part])
+            affinity = top_k_affinity(sim, self.config.top_k)
+            usage += affinity[0].sum(dim=1).float()
+            readouts.append(mem_value @ affinity[0])
+        offset = 0
+        for s in stores:
+            s.update_usage(usage[offset:offset + s.size])
+            offset += s.size
+        readout = torch.cat(readouts, dim=-1) if len(readouts) > 1 else readouts[0]
+        return readout.view(1, 2, -1, h, w)
+
+    # -- long-term machinery -------------------------------------------------------------------
+
+    def _consolidate_if_full(self, frame_index: int) -> None:
+        cfg, hw = self.config, self.frame_elements
+        # T_max and T_min count the pinned slot, as in XMem where it is working memory's first frame.
+        if self.working.size < (cfg.max_mid_term_frames - 1) * hw:
+            return
+        if self.long_term.size >= cfg.max_long_term_elements - cfg.num_prototypes:
+            self._prune_long_term(cfg.max_long_term_elements - cfg.num_prototypes, frame_index)
+        end = self.working.size - (cfg.min_mid_term_frames - 1) * hw
+        candidates = self.working.select(slice(0, end))
+        usage = self.working.usage()[:end]
+        proto_key, proto_shrinkage, proto_value = self._potentiate(candidates, usage)
+        self.working.keep(slice(end, None))
+        self.long_term.add(proto_key, proto_shrinkage, None, proto_value)
+        if self.on_event:
+            self.on_event("consolidate", {"frame": frame_index, "candidates": end,
+                                          "prototypes": proto_key.shape[-1], "long_term": self.long_term.size})
+
+    def _potentiate(self, candidates: dict, usage: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The P most used candidates become prototypes; their shrinkage and value are the candidates'
+        averaged by a full softmax over candidate-to-prototype similarity."""
+        k = min(self.config.num_prototypes, usage.numel())
+        index = torch.topk(usage, k=k, sorted=True).indices
+        proto_key = candidates["key"][..., index]
+        proto_selection = candidates["selection"][..., index]
+        affinity = full_affinity(similarity(candidates["key"], candidates["shrinkage"], proto_key, proto_selection))
+        proto_value = candidates["value"] @ affinity[0]
+        proto_shrinkage = candidates["shrinkage"] @ affinity
+        return proto_key, proto_shrinkage, proto_value
+
+    def _prune_long_term(self, max_size: int, frame_index: int) -> None:
+        """Drop the least used LT elements down to max_size (ties at the threshold go together).
+
+        The official code crashes when nothing needs removing (k = 0); here that is a no-op."""
+        before = self.long_term.size
+        excess = before - max_size
+        if excess <= 0:
+            return
+        usage = self.long_term.usage()
+        threshold = torch.topk(usage, k=excess, largest=False, sorted=True).values[-1]
+        self.long_term.keep(usage > threshold)
+        if self.on_event:
+            self.on_event("prune", {"frame": frame_index, "before": before, "requested": excess,
+                                    "after": self.long_term.size})

@@ -1,0 +1,261 @@
+"""One video's colorization: the official per-frame schedule, with our exemplar and size extensions.
+
+Per frame t (official `InferenceCore.step` / `step_AnyExemplar`):
+* memory frame when r frames passed since the last one, or an exemplar arrives; never the last frame;
+* hidden state: zeros at an exemplar; deep update by the value encoder at memory frames (or every
+  `deep_update_every` frames, applied at the next memory frame), decoder update at other frames,
+  none at the last frame;
+* readout = top-k memory read + LA to the last memory frame (no LA for frame 0 of the reference path);
+* at a pinned exemplar's frame the output chroma is the exemplar's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sized
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .color import denormalize_lab, lab_to_rgb
+from .config import MemoryConfig
+from .errors import Cancelled, InputError
+from .exemplars import EncodedExemplars, PreparedExemplar
+from .memory import MemoryEventHook, MFPMemory
+from .network import ColorMNet, EncodedKey
+from .preprocess import Geometry, ProcessingSize, as_rgb, network_image, normalized_lab
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["float32", "bfloat16", "float16"]
+_AMP = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ColorizedFrame(NamedTuple):
+    """index; rgb `3 x H x W` float32 sRGB in [0, 1] at the input resolution (on `output_device`);
+    ab `2 x h x w` normalised chroma (a/110, b/110) at the processing size, unpadded (the official
+    network-resolution output)."""
+
+    index: int
+    rgb: Tensor
+    ab: Tensor
+
+
+class ColorizeSession:
+    """Colorizes one video, frame by frame. Build a fresh session per video; not thread-safe.
+
+    network: a loaded `ColorMNet` in eval mode (it is not modified); exemplars: `EncodedExemplars`;
+    memory: `MemoryConfig`; size: `ProcessingSize` (official = no resize); precision: autocast dtype;
+    key_batch: frames whose keys are encoded in one call (keys do not depend on memory).
+    """
+
+    def __init__(
+        self,
+        network: ColorMNet,
+        exemplars: EncodedExemplars,
+        memory: MemoryConfig | None = None,
+        *,
+        size: ProcessingSize | None = None,
+        device: torch.device | str | None = None,
+        precision: Precision = "float32",
+        key_batch: int = 4,
+        output_device: torch.device | str = "cpu",
+        on_memory_event: MemoryEventHook | None = None,
+        compile: bool = False,
+    ) -> None:
+        if precision not in _AMP:
+            raise InputError(f"precision must be float32, bfloat16 or float16, not {precision!r}.")
+        if key_batch < 1:
+            raise InputError(f"key_batch must be at least 1, got {key_batch}.")
+        self.network = network
+        self.exemplars = exemplars
+        self.memory_config = memory or MemoryConfig()
+        self.size = size or ProcessingSize()
+        self.device = torch.device(device) if device is not None else next(network.parameters()).device
+        self.amp_dtype = _AMP[precision]
+        self.key_batch = key_batch
+        self.output_device = torch.device(output_device)
+        self.on_memory_event = on_memory_event
+        self._stages = _compiled_stages(network) if compile else network
+        self._check_schedule()
+        self.geometry: Geometry | None = None
+        self.memory: MFPMemory | None = None
+        self._t = -1
+        self._prepared: list[PreparedExemplar] = []
+        self._last_mem_t = 0
+        self._last_deep_t = -self.memory_config.deep_update_every
+        self._hidden: Tensor | None = None
+        self._last_key: Tensor | None = None
+        self._last_value: Tensor | None = None
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def frames_done(self) -> int:
+        return self._t + 1
+
+    def step(self, frame: Tensor, *, last: bool = False) -> ColorizedFrame:
+        """Colorize the next frame: `C x H x W` (C = 1, 3 or 4; float in [0, 1] or uint8).
+
+        `last=True` marks the video's last frame (the official pipeline never memorises it)."""
+        return next(self._process([frame], [last]))
+
+    def run(
+        self,
+        frames: Iterable[Tensor],
+        *,
+        on_frame: Callable[[ColorizedFrame], bool | None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[ColorizedFrame]:
+        """Colorize a whole video lazily: yields one `ColorizedFrame` per input frame.
+
+        frames: any iterable of `C x H x W` frames (a `T x C x H x W` tensor, a list, a reader).
+        on_frame(result) is called for each output; returning False stops with `Cancelled`.
+        should_stop() is polled before every frame (cheap; e.g. a UI's cancel flag).
+        """
+        total = len(frames) if isinstance(frames, Sized) else None
+        if total == 0:
+            raise InputError("the video has no frames; check the input path or the node that loads it.")
+        if total is not None:
+            self._check_pinned_within(total)
+        iterator = iter(frames)
+        pending = next(iterator, None)
+        if pending is None:
+            raise InputError("the video has no frames; check the input path or the node that loads it.")
+        while pending is not None:
+            chunk, lasts = [], []
+            while pending is not None and len(chunk) < self.key_batch:
+                chunk.append(pending)
+                pending = next(iterator, None)
+                lasts.append(pending is None)
+            for result in self._process(chunk, lasts, should_stop):
+                if on_frame is not None and on_frame(result) is False:
+                    raise Cancelled(f"stopped by the caller after {result.index + 1} frames.")
+                yield result
+        self._check_pinned_within(self.frames_done)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _check_schedule(self) -> None:
+        pinned = self.exemplars.pinned_frames
+        if not self.exemplars.references and pinned and pinned[0] != 0:
+            raise InputError(
+                f"the first exemplar is pinned to frame {pinned[0]}, so frames 0-{pinned[0] - 1} have no "
+                f"colour source. Pin an exemplar to frame 0, or add one as a reference (not a frame of the video).")
+
+    def _check_pinned_within(self, total: int) -> None:
+        outside = [f for f in self.exemplars.pinned_frames if f >= total]
+        if outside:
+            raise InputError(
+                f"exemplar(s) pinned to frame(s) {outside}, but the video has {total} frames "
+                f"(0-{total - 1}); pin them to frames that exist or use them as references.")
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _start(self, height: int, width: int) -> None:
+        self.geometry = Geometry.plan(height, width, self.size)
+        self.memory = MFPMemory(self.memory_config, on_event=self.on_memory_event)
+        with self._autocast():
+            self._prepared = self.exemplars.prepare(self.network, self.geometry, self.device)
+
+    @torch.inference_mode()
+    def _process(self, frames: list[Tensor], lasts: list[bool],
+                 should_stop: Callable[[], bool] | None = None) -> Iterator[ColorizedFrame]:
+        rgb = as_rgb(torch.stack([f if f.dim() == 3 else f.unsqueeze(0) for f in _same_size(frames)]))
+        if self.geometry is None:
+            self._start(*rgb.shape[-2:])
+        elif tuple(rgb.shape[-2:]) != self.geometry.input_size:
+            h, w = self.geometry.input_size
+            raise InputError(f"frame {self._t + 1} is {rgb.shape[-1]}x{rgb.shape[-2]} but the video started at "
+                             f"{w}x{h}; all frames of a video must have one size (resize them first).")
+        lab = normalized_lab(rgb.to(self.device))                     # B x 3 x H x W, input size
+        images = network_image(lab, self.geometry)
+        with self._autocast():
+            keys = self._stages.encode_key(images, need_shrinkage=True)
+        predictions = []
+        for i, last in enumerate(lasts):
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"cancelled after {self._t + 1} frames.")
+            key = EncodedKey(keys.key[i:i + 1], keys.shrinkage[i:i + 1], keys.selection[i:i + 1],
+                             type(keys.features)(*(f[i:i + 1] for f in keys.features)))
+            predictions.append(self._step(images[i:i + 1], key, last))
+        ab = torch.cat(predictions).float()                           # B x 2 x Hp x Wp
+        ab = self.geometry.padding.crop(ab)
+        ab_full = ab if not self.geometry.resized else F.interpolate(
+            ab, size=self.geometry.input_size, mode="bilinear", align_corners=False)
+        rgb_out = lab_to_rgb(denormalize_lab(torch.cat([lab[:, :1], ab_full], dim=1))).float()
+        rgb_out = rgb_out.to(self.output_device)
+        first = self._t - len(lasts) + 1
+        for i in range(len(lasts)):
+            yield ColorizedFrame(first + i, rgb_out[i], ab[i])
+
+    def _step(self, image: Tensor, key: EncodedKey, last: bool) -> Tensor:
+        """The official schedule for one frame; returns the padded prediction `1 x 2 x Hp x Wp`."""
+        self._t += 1
+        t, cfg, net, memory = self._t, self.memory_config, self._stages, self.memory
+        pinned = next((p for p in self._prepared if p.frame == t), None)
+        references = [p for p in self._prepared if p.frame is None] if t == 0 else []
+        sync = cfg.deep_update_every < 0
+        is_mem = ((t - self._last_mem_t >= cfg.mem_every) or pinned is not None or bool(references)) and not last
+        is_deep = ((sync and is_mem) or (not sync and t - self._last_deep_t >= cfg.deep_update_every)) and not last
+        is_normal = (not sync or not is_deep) and not last
+        with self._autocast():
+            if references:
+                # Official any-exemplar path: references enter memory before frame 0 is predicted,
+                # from a zero hidden state and without deep update; frame 0 gets no LA term.
+                self._hidden = net.empty_hidden(key.features.f16)
+                for ref in references:
+                    memory.add(ref.key, ref.shrinkage, ref.selection, ref.value, permanent=True, frame_index=t)
+                    self._last_key, self._last_value = ref.key, ref.value
+                if pinned is None:
+                    is_deep = False
+            if pinned is not None:
+                prediction = pinned.ab
+                self._hidden = net.empty_hidden(key.features.f16)
+            else:
+                readout = memory.read(key.key, key.selection)
+                if not references:
+                    readout = readout + net.read_short_term(key.key, self._last_key, self._last_value)
+                prediction, out = net.decode(key.features, readout, self._hidden, update_hidden=is_normal)
+                if is_normal and out.hidden is not None:
+                    self._hidden = out.hidden
+            if is_mem:
+                value, hidden = net.encode_value(image, key.features.f16, self._hidden, prediction, deep_update=is_deep)
+                memory.add(key.key, key.shrinkage, key.selection, value, permanent=pinned is not None, frame_index=t)
+                self._last_mem_t = t
+                self._last_key, self._last_value = key.key, value
+                if is_deep:
+                    self._hidden = hidden
+                    self._last_deep_t = t
+        return prediction
+
+
+def _same_size(frames: list[Tensor]) -> list[Tensor]:
+    sizes = {tuple(f.shape[-2:]) for f in frames}
+    if len(sizes) > 1:
+        raise InputError(f"frames of different sizes in one video: {sorted(sizes)}; resize them to one size first.")
+    return frames
+
+
+_COMPILED: dict[int, object] = {}
+
+
+def _compiled_stages(network: ColorMNet):
+    """A view of `network` whose heavy stages go through torch.compile (cached per network)."""
+    entry = _COMPILED.get(id(network))
+    if entry is None or entry[0] is not network:
+        class _Compiled:
+            encode_key = torch.compile(network.encode_key)
+            encode_value = torch.compile(network.encode_value)
+            decode = torch.compile(network.decode)
+            read_short_term = torch.compile(network.read_short_term)
+            empty_hidden = network.empty_hidden
+        entry = (network, _Compiled())
+        _COMPILED[id(network)] = entry
+    return entry[1]
