@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .config import MemoryConfig
-from .errors import Cancelled, ColorMNetError, InputError
+from .errors import Cancelled
 from .exemplars import EncodedExemplars, Exemplar
 from .preprocess import ProcessingSize
 from .session import ColorizeSession
@@ -112,9 +112,3 @@ def _progress(done: int, total: int, started: float) -> None:
     print(f"\r[{bar}] {done}{of} frames, {rate:.2f} frames/s", end="", file=sys.stderr, flush=True)
 
 
-def report_error(error: ColorMNetError) -> int:
-    print(f"error: {error}", file=sys.stderr)
-    return 1
-
-
-__all__ = ["add_colorize_parser", "parse_exemplar", "pick_device", "run_colorize", "InputError"]

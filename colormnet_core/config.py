@@ -63,7 +63,7 @@ class MemoryConfig:
             raise InputError(f"top_k must be at least 1, got {self.top_k}.")
 
     @classmethod
-    def from_official_options(cls, options: dict) -> "MemoryConfig":
+    def from_official_options(cls, options: dict) -> MemoryConfig:
         """Settings from the official `test.py` option names (as in the golden fixture's configs)."""
         return cls(
             mem_every=int(options.get("mem_every", 5)),

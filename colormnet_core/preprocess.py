@@ -46,7 +46,7 @@ class ProcessingSize:
             raise InputError(f"processing size {self.mode} needs a positive value, got {self.value}.")
 
     @classmethod
-    def parse(cls, text: str | None) -> "ProcessingSize":
+    def parse(cls, text: str | None) -> ProcessingSize:
         """'480' or 'short:480' (short side), 'long:854', '0.5mp', 'official' or None."""
         if text is None or text.strip().lower() in ("", "official", "none", "-1"):
             return cls()
@@ -86,7 +86,7 @@ class Padding:
     right: int
 
     @classmethod
-    def for_size(cls, height: int, width: int, multiple: int = PAD_MULTIPLE) -> "Padding":
+    def for_size(cls, height: int, width: int, multiple: int = PAD_MULTIPLE) -> Padding:
         dh = math.ceil(height / multiple) * multiple - height
         dw = math.ceil(width / multiple) * multiple - width
         return cls(dh // 2, dh - dh // 2, dw // 2, dw - dw // 2)
@@ -109,7 +109,7 @@ class Geometry:
     padding: Padding
 
     @classmethod
-    def plan(cls, height: int, width: int, size: ProcessingSize) -> "Geometry":
+    def plan(cls, height: int, width: int, size: ProcessingSize) -> Geometry:
         ph, pw = size.resolve(height, width)
         padding = Padding.for_size(ph, pw)
         padded = (ph + padding.top + padding.bottom) * (pw + padding.left + padding.right)

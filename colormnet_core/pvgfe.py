@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import (
-    DINO_DIM, DINO_LAYERS, DINO_PATCH, ResNetTrunk, build_dinov2_vits14, dinov2_intermediate_layers)
+from .backbones import DINO_DIM, DINO_LAYERS, DINO_PATCH, ResNetTrunk, build_dinov2_vits14, dinov2_intermediate_layers
 
 DINO_CONCAT_DIM = DINO_DIM * len(DINO_LAYERS)   # 1536
 

@@ -128,7 +128,7 @@ class FrameWriter:
             self._video.release()
             self._video = None
 
-    def __enter__(self) -> "FrameWriter":
+    def __enter__(self) -> FrameWriter:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -38,7 +38,7 @@ def golden_weights() -> Path:
     tensors = {}
     with safe_open(GOLDEN / "weights_base.safetensors", "pt") as f:
         shapes = json.loads(f.metadata()["shapes"])
-        for key in f.keys():
+        for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
             base = f.get_tensor(key)
             numel = int(np.prod(shapes[key])) if shapes[key] else 1
             repeats = -(-numel // base.numel())

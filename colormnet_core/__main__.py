@@ -1,0 +1,55 @@
+"""Command line: `python -m colormnet_core {colorize,convert} ...` (see --help)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import ColorMNetError
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .checkpoint import WEIGHTS_LICENSE, convert
+
+    try:
+        sha_in, sha_out = convert(args.source, args.target, force=args.force, dtype=args.dtype)
+    except FileExistsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"in   {sha_in}  {args.source}")
+    print(f"out  {sha_out}  {args.target}")
+    print(f"note: the official ColorMNet weights are licensed {WEIGHTS_LICENSE}.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .cli import add_colorize_parser
+
+    parser = argparse.ArgumentParser(prog="python -m colormnet_core", description="ColorMNet video colorization.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_colorize_parser(sub)
+    conv = sub.add_parser("convert", help="convert a checkpoint to .safetensors (official names)",
+                          description="Read a .pth (safely: tensors only) or .safetensors ColorMNet checkpoint "
+                                      "and write it as .safetensors; prints both files' sha256.")
+    conv.add_argument("source", help="input checkpoint (.pth, .pt, .safetensors)")
+    conv.add_argument("target", help="output .safetensors")
+    conv.add_argument("--force", action="store_true", help="overwrite an existing output")
+    conv.add_argument("--dtype", choices=["keep", "float32", "float16"], default="keep")
+    conv.set_defaults(handler=_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.handler(args)
+    except ColorMNetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Checkpoints: reading (.pth safely, .safetensors), the official <-> our name table, strict
+loading with errors that say what to do, and conversion to .safetensors.
+
+This is the only module where official parameter names appear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .config import NetworkConfig
+from .errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+OFFICIAL_FILENAME = "DINOv2FeatureV6_LocalAtten_s2_154000.pth"
+OFFICIAL_URL = f"https://github.com/yyang181/colormnet/releases/download/v0.1/{OFFICIAL_FILENAME}"
+WEIGHTS_LICENSE = "CC BY-NC-SA 4.0 (non-commercial, share-alike), by the ColorMNet authors"
+HOW_TO_GET = (f"Use the official checkpoint {OFFICIAL_FILENAME} ({OFFICIAL_URL}; weights licensed "
+              f"{WEIGHTS_LICENSE}).")
+
+# Official prefix -> ours; the first matching rule wins. An entry without a trailing dot is an exact key.
+PREFIX_RULES: tuple[tuple[str, str], ...] = (
+    ("key_encoder.network2.backbone.mask_token", "key_encoder.dino.mask_token"),
+    ("key_encoder.network2.backbone.", "key_encoder.dino.vit."),
+    ("key_encoder.network2.conv3.", "key_encoder.dino.conv."),
+    ("key_encoder.network2.bn3.", "key_encoder.dino.bn."),
+    ("key_encoder.conv1.", "key_encoder.cnn.conv1."),
+    ("key_encoder.bn1.", "key_encoder.cnn.bn1."),
+    ("key_encoder.res2.", "key_encoder.cnn.layer1."),
+    ("key_encoder.layer2.", "key_encoder.cnn.layer2."),
+    ("key_encoder.layer3.", "key_encoder.cnn.layer3."),
+    ("key_encoder.fuse1.", "key_encoder.fuse16."),
+    ("key_encoder.fuse2.", "key_encoder.fuse8."),
+    ("key_encoder.fuse3.", "key_encoder.fuse4."),
+    ("key_proj.key_proj.", "key_proj.key."),
+    ("key_proj.d_proj.", "key_proj.shrinkage."),
+    ("key_proj.e_proj.", "key_proj.selection."),
+    ("value_encoder.conv1.", "value_encoder.cnn.conv1."),
+    ("value_encoder.bn1.", "value_encoder.cnn.bn1."),
+    ("value_encoder.layer1.", "value_encoder.cnn.layer1."),
+    ("value_encoder.layer2.", "value_encoder.cnn.layer2."),
+    ("value_encoder.layer3.", "value_encoder.cnn.layer3."),
+    ("short_term_attn.relative_emb_k.", "local_attention.relative_position."),
+    ("short_term_attn.dw_conv.conv.", "local_attention.dw_conv."),
+    ("short_term_attn.projection.", "local_attention.projection."),
+)
+# Inside the three fusion blocks.
+FUSE_RULES: tuple[tuple[str, str], ...] = (
+    ("encode_enc.", "dino_proj."), ("norm1.", "norm_dino."), ("norm2.", "norm_cnn."),
+    ("norm3.", "norm_out."), ("crossattn.", "attention."),
+)
+_OUR_FUSES = ("key_encoder.fuse16.", "key_encoder.fuse8.", "key_encoder.fuse4.")
+OFFICIAL_SENTINEL = "key_encoder.network2.backbone.cls_token"
+OUR_SENTINEL = "key_encoder.dino.vit.cls_token"
+_CONTAINER_KEYS = ("state_dict", "model", "network", "module", "ema")
+
+
+def _rename(name: str, rules: tuple[tuple[str, str], ...], fuse_rules, fuses) -> str:
+    for source, target in rules:
+        if name == source or (source.endswith(".") and name.startswith(source)):
+            name = target + name[len(source):]
+            break
+    for fuse in fuses:
+        if name.startswith(fuse):
+            rest = name[len(fuse):]
+            for source, target in fuse_rules:
+                if rest.startswith(source):
+                    return fuse + target + rest[len(source):]
+    return name
+
+
+def official_to_ours(name: str) -> str:
+    return _rename(name, PREFIX_RULES, FUSE_RULES, _OUR_FUSES)
+
+
+def ours_to_official(name: str) -> str:
+    reverse = tuple((b, a) for a, b in PREFIX_RULES)
+    name = _rename(name, reverse, (), ())
+    official_fuses = tuple(official_to_ours_prefix for official_to_ours_prefix in
+                           ("key_encoder.fuse1.", "key_encoder.fuse2.", "key_encoder.fuse3."))
+    return _rename(name, (), tuple((b, a) for a, b in FUSE_RULES), official_fuses)
+
+
+def state_to_official(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {ours_to_official(k): v for k, v in state.items()}
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_raw(path: Path) -> dict:
+    if path.suffix.lower() in (".safetensors", ".sft"):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:   # safetensors raises its own error types for damaged headers/data
+            raise CheckpointError(
+                f"{path} is not a readable .safetensors file ({type(e).__name__}: {e}). It may be truncated "
+                f"or corrupt: download it again. {HOW_TO_GET}") from e
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path} contains Python objects other than tensors, which are not loaded because unpickling "
+            f"them can run arbitrary code. If it is a ColorMNet checkpoint from a source you trust, resave "
+            f"its state dict as .safetensors; otherwise use the official release. {HOW_TO_GET}") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]}). It may be "
+            f"truncated or not a checkpoint: download it again. {HOW_TO_GET}") from e
+
+
+def _unwrap(obj, path: Path) -> dict[str, Tensor]:
+    for _ in range(3):   # {"state_dict": {"module.x": ...}} and similar nestings
+        if isinstance(obj, dict):
+            inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), dict)), None)
+            if inner is not None and OFFICIAL_SENTINEL not in obj and OUR_SENTINEL not in obj:
+                obj = inner
+                continue
+        break
+    if isinstance(obj, dict):   # training extras next to the weights (an epoch counter, ...)
+        obj = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{path} does not hold a state dict of tensors. {HOW_TO_GET}")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a ColorMNet checkpoint (.pth/.pt/.ckpt/.bin safely, or .safetensors) -> tensors under OUR names.
+
+    Accepts the official naming or ours, bare or wrapped ({"state_dict": ...}, DataParallel's
+    "module." prefix). XMem-style 4-channel value encoders get the official zero fifth channel.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint not found: {path}. Put the file there (in ComfyUI: models/colormnet/; on the "
+            f"command line: --checkpoint PATH). {HOW_TO_GET}")
+    state = _unwrap(_read_raw(path), path)
+    if OFFICIAL_SENTINEL in state:
+        state = {official_to_ours(k): v for k, v in state.items()}
+    elif OUR_SENTINEL not in state:
+        sample = ", ".join(sorted(state)[:5])
+        raise CheckpointError(
+            f"{path} is not a ColorMNet checkpoint: it has no DINOv2 key encoder "
+            f"({OFFICIAL_SENTINEL!r}); its {len(state)} tensors start with {sample}. {HOW_TO_GET}")
+    conv1 = state.get("value_encoder.cnn.conv1.weight")
+    if conv1 is not None and conv1.dim() == 4 and conv1.shape[1] == 4:
+        # Official single -> multi-object conversion: a zero "other chroma" input channel.
+        state = dict(state)
+        pad = conv1.new_zeros(conv1.shape[0], 1, *conv1.shape[2:])
+        state["value_encoder.cnn.conv1.weight"] = torch.cat([conv1, pad], 1)
+    return state
+
+
+def infer_network_config(state: dict[str, Tensor]) -> NetworkConfig:
+    """Dimensions from tensor shapes, as the official `init_hyperparameters` (our names)."""
+    try:
+        key_dim = state["key_proj.key.weight"].shape[0]
+        value_dim = state["value_encoder.fuser.block2.conv2.weight"].shape[0]
+    except KeyError as e:
+        raise CheckpointError(f"the checkpoint lacks {ours_to_official(e.args[0])}; it is incomplete. "
+                              f"{HOW_TO_GET}") from None
+    hidden = state.get("decoder.hidden_update.transform.weight")
+    return NetworkConfig(key_dim, value_dim, 0 if hidden is None else hidden.shape[0] // 3)
+
+
+def load_into(
+    net: nn.Module, state: dict[str, Tensor], *, path: str | Path, dtype: torch.dtype = torch.float32
+) -> None:
+    """Strictly load `state` (our names) into `net`; floating tensors cast to `dtype` (fp16 files upcast).
+
+    Raises CheckpointError listing missing, unexpected and mis-shaped entries under official names.
+    """
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [(k, tuple(state[k].shape), tuple(expected[k].shape))
+                 for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or misshaped:
+        lines = [f"{path} does not fit the ColorMNet network:"]
+        for label, items in (("missing", missing), ("unexpected", unexpected)):
+            if items:
+                shown = ", ".join(ours_to_official(k) for k in items[:10])
+                lines.append(f"  {len(items)} {label}: {shown}{' ...' if len(items) > 10 else ''}")
+        if misshaped:
+            shown = "; ".join(f"{ours_to_official(k)} {a} (expected {b})" for k, a, b in misshaped[:10])
+            lines.append(f"  {len(misshaped)} with another shape: {shown}")
+        lines.append(f"It is not the official release or comes from a different model version. {HOW_TO_GET}")
+        raise CheckpointError("\n".join(lines))
+    cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    net.load_state_dict(cast, strict=True)
+
+
+def load_model(path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    """Build a ColorMNet sized from the checkpoint, load it strictly, eval mode, on `device`."""
+    from .network import ColorMNet
+
+    state = read_state_dict(path)
+    net = ColorMNet(infer_network_config(state))
+    load_into(net, state, path=path, dtype=dtype)
+    log.info("loaded %s (%d tensors)", path, len(state))
+    return net.eval().to(device)
+
+
+def save_safetensors(state: dict[str, Tensor], path: str | Path, *, official_names: bool = True,
+                     metadata: dict[str, str] | None = None) -> None:
+    """Write `state` (our names) as .safetensors, by default under official names."""
+    from safetensors.torch import save_file
+
+    out = state_to_official(state) if official_names else dict(state)
+    out = {k: v.detach().contiguous() for k, v in out.items()}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".part")
+    save_file(out, str(tmp), metadata={"format": "pt", **(metadata or {})})
+    tmp.replace(path)
+
+
+def convert(source: str | Path, target: str | Path, *, force: bool = False, dtype: str = "keep") -> tuple[str, str]:
+    """Convert a checkpoint to .safetensors under official names; returns (sha256 in, sha256 out)."""
+    source, target = Path(source), Path(target)
+    if target.exists() and not force:
+        raise FileExistsError(f"{target} exists; add --force to overwrite it.")
+    state = read_state_dict(source)
+    if dtype != "keep":
+        want = {"float32": torch.float32, "float16": torch.float16}[dtype]
+        state = {k: v.to(want) if v.is_floating_point() else v for k, v in state.items()}
+    save_safetensors(state, target, metadata={"source_sha256": sha256_file(source)})
+    return sha256_file(source), sha256_file(target)
