@@ -102,3 +102,40 @@ def denormalize_lab(lab_norm: Tensor) -> Tensor:
 def to_uint8_truncate(rgb: Tensor) -> Tensor:
     """[0, 1] float -> uint8 the official way: clip, x255, truncate toward zero (not round)."""
     return (rgb.clamp(0, 1) * 255).to(torch.uint8)
+
+
+def fit_chroma_to_gamut(lab: Tensor, *, iterations: int = 12) -> Tensor:
+    """Scale each pixel's (a, b) toward grey just enough that its sRGB is in gamut, keeping L.
+
+    lab `(..., 3, H, W)`. Plain clipping of out-of-gamut RGB (the official behaviour) changes
+    the luminance of strongly coloured dark or bright pixels; this keeps L to within the Lab
+    round trip. Bisection on the chroma scale (grey is always in gamut for L in [0, 100]).
+    """
+    _check(lab, "lab")
+    light, chroma = lab[..., :1, :, :], lab[..., 1:, :, :]
+
+    def inside(scale: Tensor) -> Tensor:
+        linear = _linear_rgb(torch.cat([light, chroma * scale], dim=-3))
+        return ((linear >= -1e-6) & (linear <= 1 + 1e-6)).all(dim=-3, keepdim=True)
+
+    full = torch.ones_like(light)
+    if bool(inside(full).all()):
+        return lab
+    low, high = torch.zeros_like(light), full
+    for _ in range(iterations):
+        mid = (low + high) / 2
+        ok = inside(mid)
+        low, high = torch.where(ok, mid, low), torch.where(ok, high, mid)
+    scale = torch.where(inside(full), full, low)
+    return torch.cat([light, chroma * scale], dim=-3)
+
+
+def _linear_rgb(lab: Tensor) -> Tensor:
+    """Lab -> linear sRGB without clipping (negative Z counts as out of gamut: it maps below 0)."""
+    light, a, b = lab.unbind(-3)
+    fy = (light + 16.0) / 116.0
+    f = torch.stack([a / 500.0 + fy, fy, fy - b / 200.0], dim=-3)
+    xyz = torch.where(f > 0.2068966, f.pow(3.0), (f - 16.0 / 116.0) / 7.787)
+    xyz = xyz * torch.tensor(_WHITE_D65, dtype=lab.dtype, device=lab.device).view(3, 1, 1)
+    inverse = torch.linalg.inv(torch.tensor(_XYZ_FROM_RGB, dtype=torch.float64)).to(lab.dtype).to(lab.device)
+    return _mix(inverse, xyz)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .color import denormalize_lab, lab_to_rgb
+from .color import denormalize_lab, fit_chroma_to_gamut, lab_to_rgb
 from .config import MemoryConfig
 from .errors import Cancelled, InputError
 from .exemplars import EncodedExemplars, PreparedExemplar
@@ -31,6 +31,7 @@ from .preprocess import Geometry, ProcessingSize, as_rgb, network_image, normali
 log = logging.getLogger(__name__)
 
 Precision = Literal["float32", "bfloat16", "float16"]
+Gamut = Literal["clip", "keep_luminance"]
 _AMP = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -49,7 +50,9 @@ class ColorizeSession:
 
     network: a loaded `ColorMNet` in eval mode (it is not modified); exemplars: `EncodedExemplars`;
     memory: `MemoryConfig`; size: `ProcessingSize` (official = no resize); precision: autocast dtype;
-    key_batch: frames whose keys are encoded in one call (keys do not depend on memory).
+    key_batch: frames whose keys are encoded in one call (keys do not depend on memory);
+    gamut: "clip" out-of-gamut RGB (official) or "keep_luminance" (shrink chroma instead, so the
+    output's luminance is the input's).
     """
 
     def __init__(
@@ -65,13 +68,17 @@ class ColorizeSession:
         output_device: torch.device | str = "cpu",
         on_memory_event: MemoryEventHook | None = None,
         compile: bool = False,
+        gamut: Gamut = "clip",
     ) -> None:
         if precision not in _AMP:
             raise InputError(f"precision must be float32, bfloat16 or float16, not {precision!r}.")
+        if gamut not in ("clip", "keep_luminance"):
+            raise InputError(f"gamut must be clip or keep_luminance, not {gamut!r}.")
         if key_batch < 1:
             raise InputError(f"key_batch must be at least 1, got {key_batch}.")
-        self.network = network
         self.exemplars = exemplars
+        self._check_schedule()
+        self.network = network
         self.memory_config = memory or MemoryConfig()
         self.size = size or ProcessingSize()
         self.device = torch.device(device) if device is not None else next(network.parameters()).device
@@ -79,8 +86,8 @@ class ColorizeSession:
         self.key_batch = key_batch
         self.output_device = torch.device(output_device)
         self.on_memory_event = on_memory_event
+        self.gamut = gamut
         self._stages = _compiled_stages(network) if compile else network
-        self._check_schedule()
         self.geometry: Geometry | None = None
         self.memory: MFPMemory | None = None
         self._t = -1
@@ -189,7 +196,10 @@ class ColorizeSession:
         ab = self.geometry.padding.crop(ab)
         ab_full = ab if not self.geometry.resized else F.interpolate(
             ab, size=self.geometry.input_size, mode="bilinear", align_corners=False)
-        rgb_out = lab_to_rgb(denormalize_lab(torch.cat([lab[:, :1], ab_full], dim=1))).float()
+        lab_out = denormalize_lab(torch.cat([lab[:, :1], ab_full], dim=1))
+        if self.gamut == "keep_luminance":
+            lab_out = fit_chroma_to_gamut(lab_out)
+        rgb_out = lab_to_rgb(lab_out).float()
         rgb_out = rgb_out.to(self.output_device)
         first = self._t - len(lasts) + 1
         for i in range(len(lasts)):
