@@ -169,7 +169,8 @@ def test_callbacks_cancel(golden_network, exemplar0):
 
 
 @pytest.mark.parametrize("text,expected", [
-    (None, ProcessingSize()), ("480", ProcessingSize("short_side", 480)), ("long:854", ProcessingSize("long_side", 854)),
+    (None, ProcessingSize()), ("480", ProcessingSize("short_side", 480)),
+    ("long:854", ProcessingSize("long_side", 854)),
     ("0.5mp", ProcessingSize("megapixels", 0.5)), ("official", ProcessingSize()),
 ])
 def test_processing_size_parsing(text, expected):
