@@ -1,0 +1,64 @@
+"""The standalone CLI end to end on the real blackswan clip with the fixture checkpoint."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from colormnet_core.cli import parse_exemplar
+from colormnet_core.color import rgb_to_lab
+from colormnet_core.video_io import FrameSource, read_image
+
+from . import golden
+
+BLACKSWAN = golden.SHARED / "data" / "blackswan"
+
+
+def test_exemplar_argument_syntax(tmp_path):
+    assert parse_exemplar("a/b.png@12") == (tmp_path.__class__("a/b.png"), 12)
+    assert parse_exemplar("a/b.png") == (tmp_path.__class__("a/b.png"), None)
+    assert parse_exemplar("odd@name.png") == (tmp_path.__class__("odd@name.png"), None)
+
+
+@pytest.mark.slow
+def test_cli_colorizes_blackswan_frames(tmp_path, golden_checkpoint):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "colormnet_core", "colorize", "--input", str(BLACKSWAN / "frames"),
+           "--exemplar", f"{BLACKSWAN / 'exemplar' / '00000.png'}@0", "--output", str(out),
+           "--checkpoint", str(golden_checkpoint), "--size", "112", "--device", "cpu"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=golden.REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "50 frames" in result.stderr
+    written = sorted(out.glob("*.png"))
+    assert [p.stem for p in written] == [p.stem for p in sorted((BLACKSWAN / "frames").glob("*.png"))]
+    for name in ("00000", "00025", "00049"):
+        ours, source = read_image(out / f"{name}.png"), read_image(BLACKSWAN / "frames" / f"{name}.png")
+        assert ours.shape == source.shape == (3, 480, 832)
+        l_ours = rgb_to_lab(ours[None].double() / 255)[0, 0]
+        l_source = rgb_to_lab(source[None].double() / 255)[0, 0]
+        # Same luminance up to out-of-gamut clipping (official output rule) and 8-bit rounding.
+        assert (l_ours - l_source).abs().median() < 0.5
+        assert rgb_to_lab(ours[None].double() / 255)[0, 1:].abs().mean() > 1     # it is in colour
+
+
+def test_cli_reports_user_errors_without_traceback(tmp_path, golden_checkpoint):
+    cmd = [sys.executable, "-m", "colormnet_core", "colorize", "--input", str(tmp_path / "missing"),
+           "--exemplar", "x.png", "--output", str(tmp_path / "o"), "--checkpoint", str(golden_checkpoint)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=golden.REPO)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: input not found") and "Traceback" not in result.stderr
+
+
+def test_frame_source_reads_folders_in_name_order_and_skips_hidden_files(tmp_path):
+    import cv2
+    import numpy as np
+
+    for name in ("b.png", "a.png", ".hidden.png"):
+        cv2.imwrite(str(tmp_path / name), np.full((4, 6, 3), ord(name[0]), np.uint8))
+    source = FrameSource(tmp_path)
+    assert source.names == ["a", "b"] and len(source) == 2
+    assert [int(f[0, 0, 0]) for f in source] == [ord("a"), ord("b")]
+    assert torch.equal(read_image(tmp_path / "a.png"), next(iter(source)))
