@@ -11,13 +11,16 @@ luminance when the session reaches it, exactly as the official pipeline does.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .errors import InputError
-from .network import ColorMNet
 from .preprocess import Geometry, as_rgb, normalized_lab, resize
+
+if TYPE_CHECKING:   # the network pulls in timm; exemplars are made without it (e.g. at plugin import)
+    from .network import ColorMNet
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,27 @@
+"""ComfyUI node declarations (classic node API). The maths lives in colormnet_core."""
+
+from __future__ import annotations
+
+from .colorize import ColorMNetColorize, ColorMNetColorizeVideo, ColorMNetMemory
+from .exemplars import ColorMNetEncode, ColorMNetLoadExemplar
+from .model import ColorMNetDownloadModel, ColorMNetModelLoader
+
+NODE_CLASS_MAPPINGS = {
+    "ColorMNetModelLoader": ColorMNetModelLoader,
+    "ColorMNetDownloadModel": ColorMNetDownloadModel,
+    "ColorMNetLoadExemplar": ColorMNetLoadExemplar,
+    "ColorMNetEncode": ColorMNetEncode,
+    "ColorMNetMemory": ColorMNetMemory,
+    "ColorMNetColorize": ColorMNetColorize,
+    "ColorMNetColorizeVideo": ColorMNetColorizeVideo,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "ColorMNetModelLoader": "ColorMNet Model Loader",
+    "ColorMNetDownloadModel": "ColorMNet Download Model",
+    "ColorMNetLoadExemplar": "ColorMNet Load Exemplar",
+    "ColorMNetEncode": "ColorMNet Encode Exemplars",
+    "ColorMNetMemory": "ColorMNet Memory",
+    "ColorMNetColorize": "ColorMNet Colorize",
+    "ColorMNetColorizeVideo": "ColorMNet Colorize Video (streaming)",
+}

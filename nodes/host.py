@@ -1,0 +1,177 @@
+"""The one place that talks to ComfyUI: devices, model folders, progress, interruption.
+
+Every ComfyUI module is imported lazily inside a function, so this file (and every node module)
+imports without ComfyUI; standalone, it falls back to plain PyTorch behaviour.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+MODEL_FOLDER = "colormnet"
+CHECKPOINT_SUFFIXES = {".pth", ".pt", ".safetensors", ".sft", ".ckpt"}
+
+
+def _comfy(module: str):
+    """Import a ComfyUI module, or None when not running inside ComfyUI."""
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError:
+        return None
+
+
+def in_comfyui() -> bool:
+    return _comfy("comfy.model_management") is not None and _comfy("folder_paths") is not None
+
+
+# -- devices -----------------------------------------------------------------------------------
+
+def torch_device() -> torch.device:
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        return mm.get_torch_device()
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def offload_device() -> torch.device:
+    mm = _comfy("comfy.model_management")
+    return mm.unet_offload_device() if mm is not None else torch.device("cpu")
+
+
+def intermediate_device() -> torch.device:
+    mm = _comfy("comfy.model_management")
+    return mm.intermediate_device() if mm is not None else torch.device("cpu")
+
+
+def supports_bf16(device: torch.device) -> bool:
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        try:
+            return bool(mm.should_use_bf16(device))
+        except Exception:   # signature differences between ComfyUI versions: fall back below
+            pass
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def soft_empty_cache() -> None:
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        mm.soft_empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def free_memory_for(bytes_needed: int, device: torch.device) -> None:
+    """Ask ComfyUI to unload its own models if our run needs the room."""
+    mm = _comfy("comfy.model_management")
+    if mm is not None and device.type != "cpu":
+        mm.free_memory(bytes_needed, device)
+
+
+# -- interruption and progress -----------------------------------------------------------------
+
+def interrupted() -> bool:
+    mm = _comfy("comfy.model_management")
+    return bool(mm is not None and mm.processing_interrupted())
+
+
+def raise_if_interrupted() -> None:
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        mm.throw_exception_if_processing_interrupted()
+
+
+def progress(total: int, node_id: str | None = None) -> Callable[[int], None]:
+    """A callback `update(done)` that reports absolute progress (a websocket message per call in
+    ComfyUI, which is also an interruption point there); a no-op standalone."""
+    utils = _comfy("comfy.utils")
+    if utils is None:
+        return lambda done: None
+    bar = utils.ProgressBar(total, node_id=node_id) if node_id else utils.ProgressBar(total)
+    return lambda done: bar.update_absolute(done, total)
+
+
+# -- model files -------------------------------------------------------------------------------
+
+def _standalone_models_dir() -> Path:
+    return Path(os.environ.get("COLORMNET_MODELS_DIR", Path.home() / ".cache" / "colormnet" / "models"))
+
+
+def register_model_folder() -> None:
+    """Declare models/colormnet to ComfyUI (extra_model_paths.yaml entries `colormnet:` then work)."""
+    fp = _comfy("folder_paths")
+    if fp is None:
+        return
+    default = os.path.join(fp.models_dir, MODEL_FOLDER)
+    if MODEL_FOLDER in fp.folder_names_and_paths:
+        paths, _ = fp.folder_names_and_paths[MODEL_FOLDER]
+        if default not in paths:
+            paths.insert(0, default)
+        fp.folder_names_and_paths[MODEL_FOLDER] = (paths, set(CHECKPOINT_SUFFIXES))
+    else:
+        fp.folder_names_and_paths[MODEL_FOLDER] = ([default], set(CHECKPOINT_SUFFIXES))
+
+
+def model_dirs() -> list[Path]:
+    fp = _comfy("folder_paths")
+    if fp is None:
+        return [_standalone_models_dir()]
+    register_model_folder()
+    return [Path(p) for p in fp.get_folder_paths(MODEL_FOLDER)]
+
+
+def download_dir() -> Path:
+    """Where downloads go: the first model folder (ComfyUI's models/colormnet)."""
+    return model_dirs()[0]
+
+
+def list_checkpoints() -> list[str]:
+    fp = _comfy("folder_paths")
+    if fp is not None:
+        register_model_folder()
+        return sorted(fp.get_filename_list(MODEL_FOLDER))
+    found = []
+    for folder in model_dirs():
+        if folder.is_dir():
+            found += [p.name for p in folder.iterdir() if p.suffix.lower() in CHECKPOINT_SUFFIXES]
+    return sorted(found)
+
+
+def checkpoint_path(name: str) -> Path | None:
+    fp = _comfy("folder_paths")
+    if fp is not None:
+        register_model_folder()
+        full = fp.get_full_path(MODEL_FOLDER, name)
+        return Path(full) if full else None
+    for folder in model_dirs():
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def input_dir() -> Path:
+    fp = _comfy("folder_paths")
+    return Path(fp.get_input_directory()) if fp is not None else Path.cwd()
+
+
+def output_dir() -> Path:
+    fp = _comfy("folder_paths")
+    return Path(fp.get_output_directory()) if fp is not None else Path.cwd() / "output"
+
+
+def annotated_input_path(name: str) -> Path:
+    fp = _comfy("folder_paths")
+    if fp is not None:
+        return Path(fp.get_annotated_filepath(name))
+    return input_dir() / name
