@@ -158,7 +158,8 @@ class ColorMNetColorizeVideo:
         from ..colormnet_core.video_io import VIDEO_SUFFIXES
 
         folder = host.input_dir()
-        videos = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES) if folder.is_dir() else []
+        videos = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES) \
+            if folder.is_dir() else []
         return {"required": {
             "model": ("COLORMNET_MODEL",),
             "memory": ("COLORMNET_MEMORY",),

@@ -15,7 +15,8 @@ def parse_frame_list(text: str, count: int) -> list[int]:
     try:
         frames = [int(part) for part in text.replace(";", ",").split(",") if part.strip()]
     except ValueError:
-        raise InputError(f"batch_frames must be comma-separated whole numbers (e.g. 0, 24, 48), got {text!r}.") from None
+        raise InputError(
+            f"batch_frames must be comma-separated whole numbers (e.g. 0, 24, 48), got {text!r}.") from None
     if len(frames) != count:
         raise InputError(f"batch_frames lists {len(frames)} frame indices but the image batch has {count} images; "
                          f"give one index per image (-1 for a reference that is not a frame).")
