@@ -1,0 +1,229 @@
+"""Writes workflows/*.json (UI format for the frontend) and workflows/api/*.json (API format) from
+compact graph descriptions, so the two stay consistent. Core node signatures come from a saved
+/object_info (../shared/spec/comfyui_object_info.json by default), ours from our node classes.
+
+    python scripts/make_workflows.py [--object-info PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WIDGET_TYPES = {"INT", "FLOAT", "BOOLEAN", "STRING", "COMBO"}
+CHECKPOINT = "DINOv2FeatureV6_LocalAtten_s2_154000.safetensors"
+VIDEO = "colormnet_example.mp4"
+EXEMPLAR = "colormnet_example_exemplar.png"
+
+
+def our_node_defs() -> dict:
+    spec = importlib.util.spec_from_file_location("colormnet_plugin", REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["colormnet_plugin"] = module
+    spec.loader.exec_module(module)
+    defs = {}
+    for name, cls in module.NODE_CLASS_MAPPINGS.items():
+        inputs = cls.INPUT_TYPES()
+        defs[name] = {"input": inputs, "output": list(cls.RETURN_TYPES),
+                      "output_name": list(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)),
+                      "input_order": {k: list(v) for k, v in inputs.items() if k != "hidden"}}
+    return defs
+
+
+def kind(spec) -> str:
+    t = spec[0]
+    return "COMBO" if isinstance(t, list) else t
+
+
+def options(spec) -> dict:
+    return spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+
+
+def ordered(node_def):
+    order = node_def.get("input_order", {})
+    for group in ("required", "optional"):
+        specs = node_def["input"].get(group, {})
+        for name in order.get(group, list(specs)):
+            yield name, specs[name]
+
+
+class Graph:
+    """A workflow under construction: nodes with widget values and links by input name."""
+
+    def __init__(self, defs: dict) -> None:
+        self.defs = defs
+        self.nodes: list[dict] = []
+
+    def add(self, node_type: str, title: str | None = None, **inputs) -> int:
+        if node_type not in self.defs:
+            raise KeyError(f"unknown node type {node_type}")
+        node_id = len(self.nodes) + 1
+        self.nodes.append({"id": node_id, "type": node_type, "title": title, "inputs": inputs})
+        return node_id
+
+    def api(self) -> dict:
+        prompt = {}
+        for n in self.nodes:
+            inputs = {}
+            for name, value in n["inputs"].items():
+                inputs[name] = [str(value[0]), value[1]] if isinstance(value, tuple) else value
+            prompt[str(n["id"])] = {"class_type": n["type"], "inputs": inputs,
+                                    "_meta": {"title": n["title"] or n["type"]}}
+        return prompt
+
+    def ui(self) -> dict:
+        links, ui_nodes, outgoing = [], [], {}
+        for n in self.nodes:
+            for name, value in n["inputs"].items():
+                if isinstance(value, tuple):
+                    src, slot = value
+                    src_def = self.defs[self.nodes[src - 1]["type"]]
+                    link_id = len(links) + 1
+                    links.append([link_id, src, slot, n["id"], name, src_def["output"][slot]])
+                    outgoing.setdefault((src, slot), []).append(link_id)
+        depth = {}
+        for n in self.nodes:   # nodes are added in dependency order
+            sources = [v[0] for v in n["inputs"].values() if isinstance(v, tuple)]
+            depth[n["id"]] = 1 + max((depth[s] for s in sources), default=-1)
+        rows: dict[int, int] = {}
+        for n in self.nodes:
+            d = self.defs[n["type"]]
+            sockets, widgets = [], []
+            for name, spec in ordered(d):
+                is_widget = kind(spec) in WIDGET_TYPES and not options(spec).get("forceInput")
+                value = n["inputs"].get(name)
+                if not is_widget or isinstance(value, tuple):
+                    link = next((l[0] for l in links if l[3] == n["id"] and l[4] == name), None)
+                    entry = {"name": name, "type": kind(spec) if not is_widget else kind(spec), "link": link}
+                    if is_widget:
+                        entry["widget"] = {"name": name}
+                    sockets.append(entry)
+                if is_widget:
+                    default = options(spec).get("default")
+                    if default is None and kind(spec) == "COMBO":
+                        choices = spec[0] if isinstance(spec[0], list) else options(spec).get("options", [])
+                        default = choices[0] if choices else ""
+                    widgets.append(value if value is not None and not isinstance(value, tuple) else default)
+                    if kind(spec) == "INT" and (options(spec).get("control_after_generate") or name in ("seed",)):
+                        widgets.append("fixed")
+                    if options(spec).get("image_upload") or options(spec).get("video_upload"):
+                        widgets.append("image")
+            outputs = [{"name": (d.get("output_name") or d["output"])[i], "type": t,
+                        "links": outgoing.get((n["id"], i), []), "slot_index": i} for i, t in enumerate(d["output"])]
+            column = depth[n["id"]]
+            row = rows.get(column, 0)
+            rows[column] = row + 1
+            node = {"id": n["id"], "type": n["type"], "pos": [40 + 380 * column, 60 + 400 * row], "size": [340, 300],
+                    "flags": {}, "order": n["id"] - 1, "mode": 0, "inputs": sockets, "outputs": outputs,
+                    "properties": {"Node name for S&R": n["type"]}, "widgets_values": widgets}
+            if n["title"]:
+                node["title"] = n["title"]
+            ui_nodes.append(node)
+        for link in links:   # target slot index instead of the input name
+            target = ui_nodes[link[3] - 1]
+            link[4] = next(i for i, s in enumerate(target["inputs"]) if s["name"] == link[4])
+        return {"last_node_id": len(ui_nodes), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
+                "groups": [], "config": {}, "extra": {"ds": {"scale": 0.75, "offset": [0, 0]}}, "version": 0.4}
+
+
+def colorize_chain(g: Graph, exemplars: int, frames=None, streaming=False, size="480"):
+    model = g.add("ColorMNetModelLoader", checkpoint=CHECKPOINT, precision="auto")
+    encoded = g.add("ColorMNetEncode", model=(model, 0), exemplars=(exemplars, 0))
+    memory = g.add("ColorMNetMemory", encoded=(encoded, 0), mem_every=5, min_mid_term_frames=5,
+                   max_mid_term_frames=10, num_prototypes=128, max_long_term_elements=10000, top_k=30,
+                   long_term=True, permanent_exemplars=True)
+    common = {"processing_size": size, "keep_luminance": True, "key_batch": 4}
+    if streaming:
+        return g.add("ColorMNetColorizeVideo", model=(model, 0), memory=(memory, 0), video=VIDEO,
+                     filename_prefix="colormnet/long_video", **common)
+    return g.add("ColorMNetColorize", model=(model, 0), memory=(memory, 0), frames=frames, **common)
+
+
+def save_video(g: Graph, images: int, components: int, prefix: str) -> None:
+    video = g.add("CreateVideo", images=(images, 0), fps=(components, 2))
+    g.add("SaveVideo", video=(video, 0), filename_prefix=prefix, format="auto", codec="auto")
+
+
+def basic(defs):
+    g = Graph(defs)
+    clip = g.add("LoadVideo", file=VIDEO)
+    parts = g.add("GetVideoComponents", video=(clip, 0))
+    image = g.add("LoadImage", "Exemplar: colour version of frame 0", image=EXEMPLAR)
+    ex = g.add("ColorMNetLoadExemplar", image=(image, 0), frame=0)
+    out = colorize_chain(g, ex, frames=(parts, 0))
+    save_video(g, out, parts, "colormnet/basic")
+    return g
+
+
+def keyframes(defs):
+    g = Graph(defs)
+    clip = g.add("LoadVideo", file=VIDEO)
+    parts = g.add("GetVideoComponents", video=(clip, 0))
+    previous = None
+    for frame in (0, 10, 20):
+        image = g.add("LoadImage", f"Keyframe {frame} (colour version of frame {frame})", image=EXEMPLAR)
+        extra = {"exemplars": (previous, 0)} if previous else {}
+        previous = g.add("ColorMNetLoadExemplar", image=(image, 0), frame=frame, **extra)
+    out = colorize_chain(g, previous, frames=(parts, 0))
+    save_video(g, out, parts, "colormnet/keyframes")
+    return g
+
+
+def image_model_exemplar(defs):
+    g = Graph(defs)
+    clip = g.add("LoadVideo", file=VIDEO)
+    parts = g.add("GetVideoComponents", video=(clip, 0))
+    first = g.add("ImageFromBatch", "Frame 0", image=(parts, 0), batch_index=0, length=1)
+    ckpt = g.add("CheckpointLoaderSimple", "Any image model (SD 1.5 / SDXL)", ckpt_name="v1-5-pruned-emaonly.safetensors")
+    positive = g.add("CLIPTextEncode", "Describe the colours", clip=(ckpt, 1),
+                     text="a black swan on a green pond, natural colours, photo")
+    negative = g.add("CLIPTextEncode", clip=(ckpt, 1), text="black and white, monochrome, grayscale")
+    latent = g.add("VAEEncode", pixels=(first, 0), vae=(ckpt, 2))
+    sampled = g.add("KSampler", model=(ckpt, 0), seed=7, steps=20, cfg=6.0, sampler_name="euler",
+                    scheduler="normal", positive=(positive, 0), negative=(negative, 0), latent_image=(latent, 0),
+                    denoise=0.55)
+    decoded = g.add("VAEDecode", samples=(sampled, 0), vae=(ckpt, 2))
+    ex = g.add("ColorMNetLoadExemplar", image=(decoded, 0), frame=0)
+    out = colorize_chain(g, ex, frames=(parts, 0))
+    save_video(g, out, parts, "colormnet/image_model_exemplar")
+    return g
+
+
+def long_video(defs):
+    g = Graph(defs)
+    image = g.add("LoadImage", "Exemplar: colour version of frame 0", image=EXEMPLAR)
+    ex = g.add("ColorMNetLoadExemplar", image=(image, 0), frame=0)
+    colorize_chain(g, ex, streaming=True)
+    return g
+
+
+WORKFLOWS = {
+    "colormnet_basic": basic,
+    "colormnet_keyframes": keyframes,
+    "colormnet_image_model_exemplar": image_model_exemplar,
+    "colormnet_long_video": long_video,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--object-info", default=REPO.parent / "shared" / "spec" / "comfyui_object_info.json")
+    args = parser.parse_args()
+    core = json.loads(Path(args.object_info).read_text())["nodes"]
+    defs = {**core, **our_node_defs()}
+    out = REPO / "workflows"
+    (out / "api").mkdir(parents=True, exist_ok=True)
+    for name, build in WORKFLOWS.items():
+        graph = build(defs)
+        (out / f"{name}.json").write_text(json.dumps(graph.ui(), indent=1) + "\n")
+        (out / "api" / f"{name}.json").write_text(json.dumps(graph.api(), indent=1) + "\n")
+        print(f"wrote workflows/{name}.json and workflows/api/{name}.json")
+
+
+if __name__ == "__main__":
+    main()
