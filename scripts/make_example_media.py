@@ -31,7 +31,8 @@ def main() -> None:
         writer.write(cv2.resize(cv2.imread(str(path)), size, interpolation=cv2.INTER_AREA))
     writer.release()
     exemplar = cv2.imread(str(BLACKSWAN / "exemplar" / "00000.png"))
-    cv2.imwrite(str(args.out / "colormnet_example_exemplar.png"), cv2.resize(exemplar, size, interpolation=cv2.INTER_AREA))
+    small = cv2.resize(exemplar, size, interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(args.out / "colormnet_example_exemplar.png"), small)
     print(f"wrote {args.out}/colormnet_example.mp4 ({len(frames)} frames, {size[0]}x{size[1]}) and the exemplar")
 
 

@@ -179,7 +179,8 @@ def image_model_exemplar(defs):
     clip = g.add("LoadVideo", file=VIDEO)
     parts = g.add("GetVideoComponents", video=(clip, 0))
     first = g.add("ImageFromBatch", "Frame 0", image=(parts, 0), batch_index=0, length=1)
-    ckpt = g.add("CheckpointLoaderSimple", "Any image model (SD 1.5 / SDXL)", ckpt_name="v1-5-pruned-emaonly.safetensors")
+    ckpt = g.add("CheckpointLoaderSimple", "Any image model (SD 1.5 / SDXL)",
+                 ckpt_name="v1-5-pruned-emaonly.safetensors")
     positive = g.add("CLIPTextEncode", "Describe the colours", clip=(ckpt, 1),
                      text="a black swan on a green pond, natural colours, photo")
     negative = g.add("CLIPTextEncode", clip=(ckpt, 1), text="black and white, monochrome, grayscale")
