@@ -54,7 +54,8 @@ def substitute(workflow: dict, video: str, exemplar: str, frame: int | None, ste
     """A copy of the API workflow with this job's inputs; raises if the workflow has no place for them."""
     prompt = copy.deepcopy(workflow)
     exemplar_sources = {str(node["inputs"]["image"][0]) for node in prompt.values()
-                        if node["class_type"] == "ColorMNetLoadExemplar" and isinstance(node["inputs"].get("image"), list)}
+                        if node["class_type"] == "ColorMNetLoadExemplar"
+                        and isinstance(node["inputs"].get("image"), list)}
     placed = {"video": 0, "exemplar": 0}
     for node_id, node in prompt.items():
         kind, inputs = node["class_type"], node["inputs"]
@@ -101,7 +102,8 @@ class Server:
 
     async def run(self, prompt: dict) -> list[str]:
         async with self.session.ws_connect(f"{self.url}/ws?clientId={self.client_id}") as ws:
-            async with self.session.post(f"{self.url}/prompt", json={"prompt": prompt, "client_id": self.client_id}) as r:
+            body = {"prompt": prompt, "client_id": self.client_id}
+            async with self.session.post(f"{self.url}/prompt", json=body) as r:
                 answer = await r.json()
                 if r.status != 200:
                     raise RuntimeError(f"rejected: {json.dumps(answer.get('error', answer))[:500]}")

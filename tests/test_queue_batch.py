@@ -130,7 +130,8 @@ def test_batch_runs_every_video_retries_and_reports(servers, tmp_path, capsys):
     assert [n["inputs"]["image"] for n in b.values() if n["class_type"] == "LoadImage"] == ["b.png"]
     assert [n["inputs"]["filename_prefix"] for n in b.values() if n["class_type"] == "SaveVideo"] == ["colormnet/b"]
     original = json.loads(workflow.read_text())
-    assert next(n for n in original.values() if n["class_type"] == "LoadVideo")["inputs"]["file"] == "colormnet_example.mp4"
+    loader = next(n for n in original.values() if n["class_type"] == "LoadVideo")
+    assert loader["inputs"]["file"] == "colormnet_example.mp4"          # the file on disk is untouched
 
 
 def test_batch_gives_up_after_the_retries_and_exits_nonzero(servers, tmp_path, capsys):
