@@ -149,50 +149,52 @@ def save_video(g: Graph, images: int, components: int, prefix: str) -> None:
     g.add("SaveVideo", video=(video, 0), filename_prefix=prefix, format="auto", codec="auto")
 
 
-def basic(defs):
+def video_workflow(defs, prefix: str, add_exemplars) -> Graph:
+    """Load Video -> components -> Colorize (exemplars from `add_exemplars(graph, components)`) -> Save Video."""
     g = Graph(defs)
     clip = g.add("LoadVideo", file=VIDEO)
     parts = g.add("GetVideoComponents", video=(clip, 0))
-    image = g.add("LoadImage", "Exemplar: colour version of frame 0", image=EXEMPLAR)
-    ex = g.add("ColorMNetLoadExemplar", image=(image, 0), frame=0)
-    out = colorize_chain(g, ex, frames=(parts, 0))
-    save_video(g, out, parts, "colormnet/basic")
+    out = colorize_chain(g, add_exemplars(g, parts), frames=(parts, 0))
+    save_video(g, out, parts, prefix)
     return g
+
+
+def basic(defs):
+    def exemplar(g, parts):
+        image = g.add("LoadImage", "Exemplar: colour version of frame 0", image=EXEMPLAR)
+        return g.add("ColorMNetLoadExemplar", image=(image, 0), frame=0)
+
+    return video_workflow(defs, "colormnet/basic", exemplar)
 
 
 def keyframes(defs):
-    g = Graph(defs)
-    clip = g.add("LoadVideo", file=VIDEO)
-    parts = g.add("GetVideoComponents", video=(clip, 0))
-    previous = None
-    for frame in (0, 10, 20):
-        image = g.add("LoadImage", f"Keyframe {frame} (colour version of frame {frame})", image=EXEMPLAR)
-        extra = {"exemplars": (previous, 0)} if previous else {}
-        previous = g.add("ColorMNetLoadExemplar", image=(image, 0), frame=frame, **extra)
-    out = colorize_chain(g, previous, frames=(parts, 0))
-    save_video(g, out, parts, "colormnet/keyframes")
-    return g
+    def three_keyframes(g, parts):
+        previous = None
+        for frame in (0, 10, 20):
+            image = g.add("LoadImage", f"Keyframe {frame} (colour version of frame {frame})", image=EXEMPLAR)
+            extra = {"exemplars": (previous, 0)} if previous else {}
+            previous = g.add("ColorMNetLoadExemplar", image=(image, 0), frame=frame, **extra)
+        return previous
+
+    return video_workflow(defs, "colormnet/keyframes", three_keyframes)
 
 
 def image_model_exemplar(defs):
-    g = Graph(defs)
-    clip = g.add("LoadVideo", file=VIDEO)
-    parts = g.add("GetVideoComponents", video=(clip, 0))
-    first = g.add("ImageFromBatch", "Frame 0", image=(parts, 0), batch_index=0, length=1)
-    ckpt = g.add("CheckpointLoaderSimple", "Any image model (SD 1.5 / SDXL)",
-                 ckpt_name="v1-5-pruned-emaonly.safetensors")
-    positive = g.add("CLIPTextEncode", "Describe the colours", clip=(ckpt, 1),
-                     text="a black swan on a green pond, natural colours, photo")
-    negative = g.add("CLIPTextEncode", clip=(ckpt, 1), text="black and white, monochrome, grayscale")
-    latent = g.add("VAEEncode", pixels=(first, 0), vae=(ckpt, 2))
-    sampled = g.add("KSampler", model=(ckpt, 0), seed=7, steps=20, cfg=6.0, sampler_name="euler",
-                    scheduler="normal", positive=(positive, 0), negative=(negative, 0), latent_image=(latent, 0),
-                    denoise=0.55)
-    decoded = g.add("VAEDecode", samples=(sampled, 0), vae=(ckpt, 2))
-    ex = g.add("ColorMNetLoadExemplar", image=(decoded, 0), frame=0)
-    out = colorize_chain(g, ex, frames=(parts, 0))
-    save_video(g, out, parts, "colormnet/image_model_exemplar")
-    return g
+    def generated(g, parts):
+        first = g.add("ImageFromBatch", "Frame 0", image=(parts, 0), batch_index=0, length=1)
+        ckpt = g.add("CheckpointLoaderSimple", "Any image model (SD 1.5 / SDXL)",
+                     ckpt_name="v1-5-pruned-emaonly.safetensors")
+        positive = g.add("CLIPTextEncode", "Describe the colours", clip=(ckpt, 1),
+                         text="a black swan on a green pond, natural colours, photo")
+        negative = g.add("CLIPTextEncode", clip=(ckpt, 1), text="black and white, monochrome, grayscale")
+        latent = g.add("VAEEncode", pixels=(first, 0), vae=(ckpt, 2))
+        sampled = g.add("KSampler", model=(ckpt, 0), seed=7, steps=20, cfg=6.0, sampler_name="euler",
+                        scheduler="normal", positive=(positive, 0), negative=(negative, 0),
+                        latent_image=(latent, 0), denoise=0.55)
+        decoded = g.add("VAEDecode", samples=(sampled, 0), vae=(ckpt, 2))
+        return g.add("ColorMNetLoadExemplar", image=(decoded, 0), frame=0)
+
+    return video_workflow(defs, "colormnet/image_model_exemplar", generated)
 
 
 def long_video(defs):
