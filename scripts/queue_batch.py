@@ -79,6 +79,19 @@ def substitute(workflow: dict, video: str, exemplar: str, frame: int | None, ste
     return prompt
 
 
+class Rejected(ValueError):
+    """The server refused the prompt at validation: the same prompt would be refused again."""
+
+
+def rejection_message(answer: dict) -> str:
+    details = []
+    for node_id, info in (answer.get("node_errors") or {}).items():
+        for error in info.get("errors", []):
+            details.append(f"node {node_id} ({info.get('class_type', '?')}): {error.get('message', '')} "
+                           f"{error.get('details', '')}".strip())
+    return "; ".join(details) or json.dumps(answer.get("error", answer))[:500]
+
+
 class Server:
     def __init__(self, url: str, session: aiohttp.ClientSession, timeout: float) -> None:
         self.url = url.rstrip("/")
@@ -105,8 +118,10 @@ class Server:
             body = {"prompt": prompt, "client_id": self.client_id}
             async with self.session.post(f"{self.url}/prompt", json=body) as r:
                 answer = await r.json()
+                if r.status == 400:
+                    raise Rejected(f"rejected: {rejection_message(answer)}")
                 if r.status != 200:
-                    raise RuntimeError(f"rejected: {json.dumps(answer.get('error', answer))[:500]}")
+                    raise RuntimeError(f"HTTP {r.status}: {json.dumps(answer)[:500]}")
             prompt_id = answer["prompt_id"]
             deadline = time.monotonic() + self.timeout
             while True:

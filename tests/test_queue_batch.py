@@ -41,8 +41,13 @@ class FakeComfy:
     async def prompt(self, request):
         body = await request.json()
         prompt, client = body["prompt"], body["client_id"]
-        if not any(n["class_type"] == "LoadVideo" for n in prompt.values()):
-            return web.json_response({"error": {"message": "bad prompt"}, "node_errors": {}}, status=400)
+        video = next((n["inputs"]["file"] for n in prompt.values() if n["class_type"] == "LoadVideo"), "")
+        if video.startswith("invalid"):
+            self.attempts[video] = self.attempts.get(video, 0) + 1
+            errors = {"1": {"class_type": "LoadVideo", "errors": [
+                {"message": "Value not in list", "details": f"file: '{video}' not in []"}]}}
+            return web.json_response({"error": {"message": "Prompt outputs failed validation"},
+                                      "node_errors": errors}, status=400)
         pid = uuid.uuid4().hex
         self.prompts.append(prompt)
         asyncio.get_running_loop().create_task(self.execute(pid, prompt, client))
@@ -136,12 +141,14 @@ def test_batch_runs_every_video_retries_and_reports(servers, tmp_path, capsys):
 
 def test_batch_gives_up_after_the_retries_and_exits_nonzero(servers, tmp_path, capsys):
     _, urls = servers
-    jobs = write_jobs(tmp_path, [("ok.mp4", "e.png", "0"), ("broken.mp4", "e.png", "0")])
+    jobs = write_jobs(tmp_path, [("ok.mp4", "e.png", "0"), ("broken.mp4", "e.png", "0"), ("invalid.mp4", "e.png", "0")])
     workflow = golden.REPO / "workflows" / "api" / "colormnet_basic.json"
     code = queue_batch.main(["--workflow", str(workflow), "--jobs", str(jobs), "--server", urls[0], "--retries", "2"])
     out = capsys.readouterr().out
     assert code == 1
-    assert "1 of 2 videos done, 1 failed" in out
+    assert "1 of 3 videos done, 2 failed" in out
+    rejected = next(l for l in out.splitlines() if l.startswith("failed") and "invalid.mp4 ->" in l)
+    assert " 1 " in rejected and "node 1 (LoadVideo): Value not in list" in rejected   # not retried
     line = next(l for l in out.splitlines() if l.startswith("failed") and "broken.mp4" in l and "attempt" not in l)
     assert " 3 " in line and "GPU ran out of memory" in line
 
