@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -112,13 +113,20 @@ def _read_raw(path: Path) -> dict:
                 f"{path} is not a readable .safetensors file ({type(e).__name__}: {e}). It may be truncated "
                 f"or corrupt: download it again. {HOW_TO_GET}") from e
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():   # torch warns about odd pickle protocols in foreign bytes
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "global" not in str(e).lower():   # no refused Python object: the bytes are just not a checkpoint
+            raise CheckpointError(
+                f"cannot read {path} as a PyTorch checkpoint ({str(e)[:200]}). It may be truncated or not a "
+                f"checkpoint: download it again. {HOW_TO_GET}") from e
         raise CheckpointError(
             f"{path} contains Python objects other than tensors, which are not loaded because unpickling "
             f"them can run arbitrary code. If it is a ColorMNet checkpoint from a source you trust, resave "
             f"its state dict as .safetensors; otherwise use the official release. {HOW_TO_GET}") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError, TypeError,
+            AttributeError) as e:   # what damaged or foreign bytes make torch.load raise
         raise CheckpointError(
             f"cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]}). It may be "
             f"truncated or not a checkpoint: download it again. {HOW_TO_GET}") from e

@@ -181,7 +181,9 @@ class ColorizeSession:
             h, w = self.geometry.input_size
             raise InputError(f"frame {self._t + 1} is {rgb.shape[-1]}x{rgb.shape[-2]} but the video started at "
                              f"{w}x{h}; all frames of a video must have one size (resize them first).")
-        lab = normalized_lab(rgb.to(self.device))                     # B x 3 x H x W, input size
+        # float64 (exact for 8-bit input) where the device has it; MPS has no float64.
+        rgb = rgb.to(self.device, torch.float32 if self.device.type == "mps" else rgb.dtype)
+        lab = normalized_lab(rgb)                                     # B x 3 x H x W, input size
         images = network_image(lab, self.geometry)
         with self._autocast():
             keys = self._stages.encode_key(images, need_shrinkage=True)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -92,12 +92,14 @@ def test_truncated_file(tmp_path, suffix):
     assert path.name in str(e.value)
 
 
-@pytest.mark.parametrize("content", [os.urandom(4096), b"\x89PNG\r\n\x1a\n" + os.urandom(256)])
-def test_non_checkpoint_file(tmp_path, content):
-    path = tmp_path / "image.pth"
-    path.write_bytes(content)
-    with pytest.raises(CheckpointError, match="image.pth"):
-        read_state_dict(path)
+def test_non_checkpoint_files(tmp_path):
+    rng = np.random.default_rng(0)
+    contents = [rng.bytes(4096) for _ in range(200)] + [b"\x89PNG\r\n\x1a\n" + rng.bytes(256), b"", b"hello"]
+    for i, content in enumerate(contents):
+        path = tmp_path / f"image{i}.pth"
+        path.write_bytes(content)
+        with pytest.raises(CheckpointError, match=f"image{i}.pth.*download it again"):
+            read_state_dict(path)
 
 
 def test_tensor_file_of_another_model(tmp_path):
