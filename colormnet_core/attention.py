@@ -3,7 +3,7 @@
 For every pixel p of the stride-16 grid, attention over the 15x15 window around p in the memory
 frame: logits `q(p)/8 . k(p+o) + rel_o(q(p))`, softmax over the offsets o that fall inside the
 frame, weighted sum of the memory values, then a depthwise 5x5 conv and a linear projection.
-Pure PyTorch: the official code needs the `spatial_correlation_sampler` extension for the same
+Pure PyTorch: the official code needs a compiled correlation extension (CUDA) for the same
 correlation.
 """
 
