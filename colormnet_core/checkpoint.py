@@ -85,8 +85,7 @@ def official_to_ours(name: str) -> str:
 def ours_to_official(name: str) -> str:
     reverse = tuple((b, a) for a, b in PREFIX_RULES)
     name = _rename(name, reverse, (), ())
-    official_fuses = tuple(official_to_ours_prefix for official_to_ours_prefix in
-                           ("key_encoder.fuse1.", "key_encoder.fuse2.", "key_encoder.fuse3."))
+    official_fuses = ("key_encoder.fuse1.", "key_encoder.fuse2.", "key_encoder.fuse3.")
     return _rename(name, (), tuple((b, a) for a, b in FUSE_RULES), official_fuses)
 
 
