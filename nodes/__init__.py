@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from .colorize import ColorMNetColorize, ColorMNetColorizeVideo, ColorMNetMemory
+from .colorize import ColorMNetColorize
 from .exemplars import ColorMNetEncode, ColorMNetLoadExemplar
+from .memory import ColorMNetMemory
 from .model import ColorMNetDownloadModel, ColorMNetModelLoader
+from .video import ColorMNetColorizeVideo
 
 NODE_CLASS_MAPPINGS = {
     "ColorMNetModelLoader": ColorMNetModelLoader,
