@@ -11,8 +11,9 @@ from . import golden
 
 
 @pytest.fixture(scope="session")
-def shared_dir():
-    return golden.require_shared().parents[1]
+def spec_dir():
+    """tests/data/spec: the official state-dict manifest and a real ComfyUI /object_info snapshot."""
+    return golden.SPEC
 
 
 @pytest.fixture(scope="session")

@@ -1,36 +1,64 @@
-"""Access to the golden parity fixture in ../shared/fixtures/golden (produced by the official code).
+"""Access to the golden parity fixture in tests/data/golden (produced by running the official code).
 
 The fixture stores its checkpoint compressed (`weights_base.safetensors`: each tensor's first
-<= 4099 values); the full `weights.safetensors` is rebuilt here, once, into the repo's .cache/.
+<= 4099 values, periodic); the full checkpoint is rebuilt here, once, into the repo's .cache/.
+Float tensors (per-frame ab, intermediates) are stored as `.f32.xz`: float32 values byte-shuffled
+(all first bytes, then all second bytes, ...) and xz-compressed, which is lossless and ~1.5x smaller
+than plain compression. `scripts/make_test_data.py` rebuilds tests/data from the original fixture.
 """
 
 from __future__ import annotations
 
 import json
+import lzma
+import struct
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-GOLDEN = SHARED / "fixtures" / "golden"
+DATA = REPO / "tests" / "data"
+GOLDEN = DATA / "golden"
+SPEC = DATA / "spec"
+BLACKSWAN = DATA / "blackswan"
+MEDIA = REPO / "workflows" / "media"
 CACHE = REPO / ".cache"
 CONFIG_NAMES = ("A_release", "B_consolidation", "C_any_exemplar", "D_no_longterm")
 
 
-def require_shared() -> Path:
-    if not GOLDEN.is_dir():
-        raise FileNotFoundError(f"the golden fixture is missing: expected {GOLDEN} (../shared beside the repo).")
-    return GOLDEN
+def pack_tensors(tensors: dict, path: Path) -> None:
+    """Write float32 arrays (numpy or torch) losslessly as byte-shuffled, xz-compressed `.f32.xz`."""
+    header, chunks, offset = {}, [], 0
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(np.asarray(tensors[name], dtype=np.float32))
+        header[name] = {"shape": list(array.shape), "offset": offset}
+        chunks.append(array.view(np.uint8).reshape(-1, 4).T.tobytes())
+        offset += array.size
+    head = json.dumps(header).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(lzma.compress(struct.pack("<Q", len(head)) + head + b"".join(chunks), preset=9))
+
+
+def unpack_tensors(path: Path) -> dict[str, torch.Tensor]:
+    raw = lzma.decompress(path.read_bytes())
+    (size,) = struct.unpack_from("<Q", raw)
+    header = json.loads(raw[8:8 + size])
+    payload = memoryview(raw)[8 + size:]
+    out = {}
+    for name, entry in header.items():
+        numel = int(np.prod(entry["shape"]))
+        start = entry["offset"] * 4
+        planes = np.frombuffer(payload[start:start + numel * 4], np.uint8).reshape(4, numel)
+        out[name] = torch.from_numpy(planes.T.copy().view(np.float32).reshape(entry["shape"]))
+    return out
 
 
 def golden_weights() -> Path:
     """Path of the fixture's full checkpoint (official names, float16 values), rebuilt if absent."""
-    require_shared()
     out = CACHE / "golden_weights.safetensors"
     if out.exists():
         return out
@@ -70,7 +98,7 @@ def frames() -> torch.Tensor:
 
 
 def expected_ab(config: str) -> dict[str, torch.Tensor]:
-    return load_file(GOLDEN / config / "ab.safetensors")
+    return unpack_tensors(GOLDEN / config / "ab.f32.xz")
 
 
 def expected_png(config: str, index: int) -> torch.Tensor:
@@ -82,4 +110,9 @@ def stats(config: str) -> dict:
 
 
 def intermediates() -> dict[str, torch.Tensor]:
-    return load_file(GOLDEN / "A_release" / "intermediates.safetensors")
+    return unpack_tensors(GOLDEN / "A_release" / "intermediates.f32.xz")
+
+
+def exemplar() -> torch.Tensor:
+    """The fixture's colour exemplar (colour version of frame 0), uint8 `3 x 185 x 321`."""
+    return load_png(GOLDEN / "inputs" / "exemplar.png")

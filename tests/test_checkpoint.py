@@ -23,13 +23,13 @@ from colormnet_core.checkpoint import (
 from colormnet_core.errors import CheckpointError
 
 
-def official_keys(shared_dir):
-    return [line.split("\t")[0] for line in (shared_dir / "spec" / "official_state_dict.tsv").read_text().splitlines()
+def official_keys(spec_dir):
+    return [line.split("\t")[0] for line in (spec_dir / "official_state_dict.tsv").read_text().splitlines()
             if line and not line.startswith(("#", "key\t"))]
 
 
-def test_name_table_is_a_bijection_over_the_official_keys(shared_dir):
-    keys = official_keys(shared_dir)
+def test_name_table_is_a_bijection_over_the_official_keys(spec_dir):
+    keys = official_keys(spec_dir)
     ours = [official_to_ours(k) for k in keys]
     assert len(keys) == 667 and len(set(ours)) == 667
     assert [ours_to_official(k) for k in ours] == keys

@@ -1,6 +1,6 @@
 """End-to-end parity with the official pipeline: the four golden configurations (CPU, float32).
 
-Tolerances from ../shared/fixtures/golden/README.md: ab max abs <= 5e-5 and mean abs <= 5e-6 per
+Tolerances from the fixture's README (tests/data/README.md): ab max abs <= 5e-5 and mean abs <= 5e-6 per
 frame; 8-bit PNG within +-1 level with at most 0.1 % of values differing.
 """
 

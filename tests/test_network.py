@@ -19,16 +19,16 @@ from colormnet_core.network import ColorMNet
 from . import golden
 
 
-def official_layout(shared_dir):
-    rows = [line.split("\t") for line in (shared_dir / "spec" / "official_state_dict.tsv").read_text().splitlines()
+def official_layout(spec_dir):
+    rows = [line.split("\t") for line in (spec_dir / "official_state_dict.tsv").read_text().splitlines()
             if line and not line.startswith(("#", "key\t"))]
     return {key: () if shape == "scalar" else tuple(int(s) for s in shape.split("x")) for key, shape, *_ in rows}
 
 
-def test_state_dict_under_official_names_is_the_official_layout(shared_dir):
+def test_state_dict_under_official_names_is_the_official_layout(spec_dir):
     net = ColorMNet()
     exported = {ours_to_official(k): tuple(v.shape) for k, v in net.state_dict().items()}
-    assert exported == official_layout(shared_dir)
+    assert exported == official_layout(spec_dir)
     assert len(exported) == 667
     assert sum(p.numel() for p in net.parameters()) == 123_609_281
 

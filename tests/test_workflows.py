@@ -17,8 +17,8 @@ VIRTUAL = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 
 
 @pytest.fixture(scope="module")
-def known_inputs(shared_dir):
-    core = json.loads((shared_dir / "spec" / "comfyui_object_info.json").read_text())["nodes"]
+def known_inputs(spec_dir):
+    core = json.loads((spec_dir / "comfyui_object_info.json").read_text())["nodes"]
     known = {name: {n for group in ("required", "optional") for n in d["input"].get(group, {})}
              for name, d in core.items()}
     for name, cls in load_plugin().NODE_CLASS_MAPPINGS.items():
