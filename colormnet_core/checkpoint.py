@@ -101,34 +101,78 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+SAFETENSORS = "safetensors"
+TORCH_ZIP = "torch zip"
+TORCH_PICKLE = "torch pickle"
+_PICKLE_PROTOCOLS = range(2, 6)
+
+
+def sniff_format(path: str | Path) -> str | None:
+    """The checkpoint format from the file's first bytes, whatever its extension says.
+
+    safetensors: an 8-byte little-endian header length, then a JSON header ("{"); torch.save's
+    default: a zip archive ("PK\\x03\\x04"); torch.save's legacy format: a pickle (0x80, protocol
+    2-5). None: none of these (damaged, empty, or another kind of file).
+    """
+    with open(path, "rb") as f:
+        head = f.read(9)
+    size = Path(path).stat().st_size
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+        return SAFETENSORS
+    if head.startswith(b"PK\x03\x04"):
+        return TORCH_ZIP
+    if len(head) >= 2 and head[0] == 0x80 and head[1] in _PICKLE_PROTOCOLS:
+        return TORCH_PICKLE
+    return None
+
+
+def _torch_reason(error: BaseException) -> str:
+    """torch.load's complaint, minus its advice to load with weights_only=False (never safe to pass on)."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    first = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if "weights_only" in first or "weights only" in first.lower():
+        first = "the file could not be read with the safe tensor-only loader"
+    return f"{type(error).__name__}: {first[:160]}" if first else type(error).__name__
+
+
+def _unreadable(path: Path, kind: str, reason: str) -> CheckpointError:
+    # What happened and what to do first: UIs and logs often show only the start of a message.
+    return CheckpointError(
+        f"Cannot read checkpoint {path.name} ({kind}): it is truncated, damaged or not a checkpoint; "
+        f"download it again. File: {path}. Reason: {reason}. {HOW_TO_GET}")
+
+
 def _read_raw(path: Path) -> dict:
-    if path.suffix.lower() in (".safetensors", ".sft"):
+    fmt = sniff_format(path)
+    named = path.suffix.lower()
+    if fmt == SAFETENSORS and named not in (".safetensors", ".sft"):
+        log.info("%s holds safetensors data despite its %s extension; reading it as safetensors", path, named)
+    elif fmt in (TORCH_ZIP, TORCH_PICKLE) and named in (".safetensors", ".sft"):
+        log.info("%s holds a PyTorch checkpoint despite its %s extension; reading it safely as one", path, named)
+    if fmt == SAFETENSORS or (fmt is None and named in (".safetensors", ".sft")):
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path), device="cpu")
         except Exception as e:   # safetensors raises its own error types for damaged headers/data
-            raise CheckpointError(
-                f"{path} is not a readable .safetensors file ({type(e).__name__}: {e}). It may be truncated "
-                f"or corrupt: download it again. {HOW_TO_GET}") from e
+            raise _unreadable(path, "safetensors", f"{type(e).__name__}: {str(e)[:160]}") from e
     try:
-        with warnings.catch_warnings():   # torch warns about odd pickle protocols in foreign bytes
+        # An open file, not a path: recent torch picks a reader from a path's extension.
+        with warnings.catch_warnings(), open(path, "rb") as f:   # torch warns about odd pickle protocols
             warnings.simplefilter("ignore", UserWarning)
-            return torch.load(str(path), map_location="cpu", weights_only=True)
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "global" not in str(e).lower():   # no refused Python object: the bytes are just not a checkpoint
-            raise CheckpointError(
-                f"cannot read {path} as a PyTorch checkpoint ({str(e)[:200]}). It may be truncated or not a "
-                f"checkpoint: download it again. {HOW_TO_GET}") from e
+            raise _unreadable(path, "PyTorch", _torch_reason(e)) from e
         raise CheckpointError(
-            f"{path} contains Python objects other than tensors, which are not loaded because unpickling "
-            f"them can run arbitrary code. If it is a ColorMNet checkpoint from a source you trust, resave "
-            f"its state dict as .safetensors; otherwise use the official release. {HOW_TO_GET}") from e
+            f"Checkpoint {path.name} was not loaded: it holds Python objects besides tensors, and unpickling "
+            f"them could run arbitrary code. Use the official release, or resave the state dict of a copy you "
+            f"trust as .safetensors. File: {path}. {HOW_TO_GET}") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError, TypeError,
             AttributeError) as e:   # what damaged or foreign bytes make torch.load raise
-        raise CheckpointError(
-            f"cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]}). It may be "
-            f"truncated or not a checkpoint: download it again. {HOW_TO_GET}") from e
+        raise _unreadable(path, "PyTorch", _torch_reason(e)) from e
 
 
 def _unwrap(obj, path: Path) -> dict[str, Tensor]:
@@ -142,7 +186,8 @@ def _unwrap(obj, path: Path) -> dict[str, Tensor]:
     if isinstance(obj, dict):   # training extras next to the weights (an epoch counter, ...)
         obj = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
     if not isinstance(obj, dict) or not obj:
-        raise CheckpointError(f"{path} does not hold a state dict of tensors. {HOW_TO_GET}")
+        raise CheckpointError(f"Checkpoint {path.name} holds no state dict of tensors; use the official "
+                              f"checkpoint instead. File: {path}. {HOW_TO_GET}")
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj
@@ -157,16 +202,17 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
-            f"checkpoint not found: {path}. Put the file there (in ComfyUI: models/colormnet/; on the "
-            f"command line: --checkpoint PATH). {HOW_TO_GET}")
+            f"Checkpoint not found: {path.name}. Put the file in ComfyUI/models/colormnet/ (command line: "
+            f"--checkpoint PATH). Looked for: {path}. {HOW_TO_GET}")
     state = _unwrap(_read_raw(path), path)
     if OFFICIAL_SENTINEL in state:
         state = {official_to_ours(k): v for k, v in state.items()}
     elif OUR_SENTINEL not in state:
         sample = ", ".join(sorted(state)[:5])
         raise CheckpointError(
-            f"{path} is not a ColorMNet checkpoint: it has no DINOv2 key encoder "
-            f"({OFFICIAL_SENTINEL!r}); its {len(state)} tensors start with {sample}. {HOW_TO_GET}")
+            f"{path.name} is not a ColorMNet checkpoint (another model's weights?): select or download the "
+            f"official one. It has no DINOv2 key encoder ({OFFICIAL_SENTINEL!r}); its {len(state)} tensors "
+            f"start with {sample}. File: {path}. {HOW_TO_GET}")
     conv1 = state.get("value_encoder.cnn.conv1.weight")
     if conv1 is not None and conv1.dim() == 4 and conv1.shape[1] == 4:
         # Official single -> multi-object conversion: a zero "other chroma" input channel.
@@ -201,7 +247,8 @@ def load_into(
     misshaped = [(k, tuple(state[k].shape), tuple(expected[k].shape))
                  for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or unexpected or misshaped:
-        lines = [f"{path} does not fit the ColorMNet network:"]
+        lines = [f"{Path(path).name} does not fit the ColorMNet network (another model version or a damaged "
+                 f"file): use the official checkpoint. File: {path}."]
         for label, items in (("missing", missing), ("unexpected", unexpected)):
             if items:
                 shown = ", ".join(ours_to_official(k) for k in items[:10])
@@ -209,7 +256,7 @@ def load_into(
         if misshaped:
             shown = "; ".join(f"{ours_to_official(k)} {a} (expected {b})" for k, a, b in misshaped[:10])
             lines.append(f"  {len(misshaped)} with another shape: {shown}")
-        lines.append(f"It is not the official release or comes from a different model version. {HOW_TO_GET}")
+        lines.append(HOW_TO_GET)
         raise CheckpointError("\n".join(lines))
     cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     net.load_state_dict(cast, strict=True)

@@ -8,13 +8,16 @@ under official names and record its sha256 in a sidecar file that later loads ch
 from __future__ import annotations
 
 import logging
+import select
 import shutil
+import threading
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from .checkpoint import OFFICIAL_FILENAME, OFFICIAL_URL, WEIGHTS_LICENSE, convert, sha256_file
-from .errors import CheckpointError, InputError
+from .errors import Cancelled, CheckpointError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,9 @@ LICENSE_NOTICE = (
     "derivatives under the same licence.")
 
 Progress = Callable[[int, int], None]   # (bytes done, bytes total or 0)
+StopCheck = Callable[[], bool]          # True: stop now (e.g. the user pressed Cancel)
+POLL_SECONDS = 0.25                     # longest wait before the stop check is asked again
+CHUNK = 1 << 20
 
 
 def sidecar(path: Path) -> Path:
@@ -41,27 +47,91 @@ def verify(path: str | Path) -> None:
     actual = sha256_file(path)
     if actual != expected:
         raise CheckpointError(
-            f"{path} does not match the sha256 recorded when it was downloaded ({expected[:12]}..., now "
-            f"{actual[:12]}...): the file is damaged or was replaced. Delete it and {record.name}, then "
-            f"download it again.")
+            f"{path.name} is damaged or was replaced (sha256 differs from the download record): delete it and "
+            f"its .sha256 file, then download it again. Recorded {expected[:12]}..., now {actual[:12]}...; "
+            f"file: {path}.")
 
 
-def _fetch_url(url: str, target: Path, progress: Progress | None, timeout: float) -> None:
+def check_url(url: str) -> str:
+    """The URL, stripped, if it is http(s) with a host; else InputError (file://, ftp://, a bare path...)."""
+    url = url.strip()
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise InputError(
+            f"Download URL must start with https:// (or http://), got {url[:80]!r}. Use the official URL "
+            f"{OFFICIAL_URL}, or copy a local file into the models folder yourself.")
+    return url
+
+
+def _wait(worker: threading.Thread, should_stop: StopCheck | None, what: str) -> None:
+    """Join `worker`, polling `should_stop` every POLL_SECONDS so that a cancel is never kept waiting."""
+    while worker.is_alive():
+        worker.join(POLL_SECONDS)
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"download cancelled while {what}.")
+
+
+def _open(url: str, timeout: float, should_stop: StopCheck | None):
+    """urlopen in a helper thread: connecting and waiting for headers stay cancellable."""
+    box: dict = {}
+
+    def work():
+        try:
+            box["response"] = urllib.request.urlopen(url, timeout=timeout)   # noqa: S310 - scheme checked
+        except BaseException as e:   # handed to the caller's thread below
+            box["error"] = e
+        if box.get("abandoned") and "response" in box:
+            box["response"].close()
+
+    worker = threading.Thread(target=work, name="colormnet-download-open", daemon=True)
+    worker.start()
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as out:
+        _wait(worker, should_stop, "connecting")
+    except Cancelled:
+        box["abandoned"] = True
+        if "response" in box:
+            box["response"].close()
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["response"]
+
+
+def _fetch_url(url: str, target: Path, progress: Progress | None, timeout: float,
+               should_stop: StopCheck | None = None) -> None:
+    """Stream `url` into `target`. Every wait lasts at most POLL_SECONDS before `should_stop` is asked
+    again; `timeout` seconds without a byte is a stall error."""
+    try:
+        with _open(url, timeout, should_stop) as response, open(target, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0)
-            done = 0
-            while chunk := response.read(1 << 20):
+            done, idle = 0, 0.0
+            while True:
+                if should_stop is not None and should_stop():
+                    raise Cancelled(f"download cancelled after {done} bytes.")
+                # select() instead of a blocking read: a stalled server cannot hold the cancel back.
+                # (Bytes already buffered by TLS/IO layers are read when the socket next wakes up.)
+                readable, _, _ = select.select([response.fileno()], [], [], POLL_SECONDS)
+                if not readable:
+                    idle += POLL_SECONDS
+                    if idle >= timeout:
+                        raise CheckpointError(
+                            f"Download of {url} stalled: no data for {timeout:.0f} s after {done} bytes. Try "
+                            f"again later, or download the file by hand into {target.parent}.")
+                    continue
+                idle = 0.0
+                chunk = response.read1(CHUNK)
+                if not chunk:
+                    break
                 out.write(chunk)
                 done += len(chunk)
                 if progress:
                     progress(done, total)
         if total and done != total:
-            raise CheckpointError(f"the download of {url} stopped after {done} of {total} bytes; try again.")
+            raise CheckpointError(f"Download of {url} stopped after {done} of {total} bytes; try again.")
     except OSError as e:   # URLError, HTTPError, timeouts
         raise CheckpointError(
-            f"cannot download {url} ({e}). Check the connection, or download the file by hand and put it "
-            f"in {target.parent}.") from e
+            f"Cannot download {url} ({e}). Check the connection and the URL, or download the file by hand "
+            f"and put it in {target.parent}.") from e
 
 
 def download_official(
@@ -73,13 +143,25 @@ def download_official(
     hf_filename: str = OFFICIAL_FILENAME,
     progress: Progress | None = None,
     timeout: float = 60.0,
+    should_stop: StopCheck | None = None,
 ) -> Path:
     """Download the official checkpoint into dest_dir as .safetensors (+ .sha256); returns its path.
 
-    A file already there (and matching its recorded sha256) is reused without network access.
+    url: http(s) only (GitHub release by default); hf_repo_id: download from that Hugging Face repo
+    instead (None: use url; "" is an error). A file already there (and matching its recorded
+    sha256) is reused without network access. should_stop() is polled at least every second while
+    connecting and downloading; True raises Cancelled and removes the partial file. timeout:
+    seconds without data before the download counts as stalled.
     """
     if not accept_license:
         raise InputError(f"{LICENSE_NOTICE} Accept the licence to download the weights.")
+    if hf_repo_id is not None:
+        hf_repo_id = hf_repo_id.strip()
+        if not hf_repo_id:
+            raise InputError("source is huggingface but hf_repo_id is empty: enter the repo as owner/name, or "
+                             "switch source to github_release to use the URL.")
+    else:
+        url = check_url(url)
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / SAFETENSORS_NAME
@@ -96,11 +178,12 @@ def download_official(
             try:
                 cached = hf_hub_download(repo_id=hf_repo_id, filename=hf_filename)
             except Exception as e:   # the hub raises many types: offline, 404, auth
-                raise CheckpointError(f"cannot download {hf_filename} from the Hugging Face repo {hf_repo_id} "
+                raise CheckpointError(f"Cannot download {hf_filename} from the Hugging Face repo {hf_repo_id}: "
+                                      f"check the repo id, file name and connection "
                                       f"({type(e).__name__}: {e}).") from e
             shutil.copyfile(cached, raw)
         else:
-            _fetch_url(url, raw, progress, timeout)
+            _fetch_url(url, raw, progress, timeout, should_stop)
         _, sha_out = convert(raw, target, force=True)
         sidecar(target).write_text(f"{sha_out}  {target.name}\nsource {hf_repo_id or url}\n{LICENSE_NOTICE}\n")
     finally:

@@ -160,6 +160,23 @@ def checkpoint_path(name: str) -> Path | None:
     return None
 
 
+def resolve_checkpoint(name: str) -> Path | None:
+    """`name` as listed, or - when it is not there - a file with the same stem and another checkpoint
+    extension (workflows name the .safetensors the download node writes; users often drop in the
+    official .pth, and the reverse). None when neither exists."""
+    path = checkpoint_path(name)
+    if path is not None:
+        return path
+    stem = Path(name).stem if Path(name).suffix.lower() in CHECKPOINT_SUFFIXES else name
+    parent = Path(name).parent
+    for suffix in (".safetensors", ".pth", ".sft", ".pt", ".ckpt"):
+        candidate = str(parent / f"{stem}{suffix}") if str(parent) != "." else f"{stem}{suffix}"
+        path = checkpoint_path(candidate)
+        if path is not None:
+            return path
+    return None
+
+
 def input_dir() -> Path:
     fp = _comfy("folder_paths")
     return Path(fp.get_input_directory()) if fp is not None else Path.cwd()

@@ -20,35 +20,55 @@ _CACHE: dict[str, tuple[tuple[float, int], object]] = {}
 _LOCK = threading.Lock()
 
 
+def load_cached(path: Path):
+    """The network of `path`, validated fully and loaded once (sha256 record if any, keys, shapes).
+
+    Kept on the CPU between runs, one checkpoint at a time; a changed file (mtime/size) is reloaded.
+    Raises CheckpointError - at the node that calls it, so the loader node shows the problem."""
+    from ..colormnet_core.checkpoint import load_model
+    from ..colormnet_core.download import verify
+
+    stat = path.stat()
+    stamp = (stat.st_mtime, stat.st_size)
+    with _LOCK:
+        cached = _CACHE.get(str(path))
+        if cached is None or cached[0] != stamp:
+            _CACHE.clear()   # one ColorMNet at a time: 0.5 GB each
+            verify(path)
+            _CACHE[str(path)] = (stamp, load_model(path, device="cpu"))
+        return _CACHE[str(path)][1]
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The autocast dtype name for a precision choice on `device`.
+
+    fp16 on a CPU is about 30x slower than fp32 there (no fast half kernels), so it runs as fp32
+    with a warning; auto picks bf16 on GPUs that support it, else fp32."""
+    if precision == "fp16" and device.type == "cpu":
+        log.warning("ColorMNet: precision fp16 on the CPU would be about 30x slower than fp32; using fp32. "
+                    "Choose fp32 or auto to silence this, or run on a GPU for fp16.")
+        return "float32"
+    if precision != "auto":
+        return _AUTOCAST[precision]
+    return "bfloat16" if device.type == "cuda" and host.supports_bf16(device) else "float32"
+
+
 @dataclass(frozen=True)
 class ColorMNetModel:
     """The COLORMNET_MODEL socket value: which checkpoint, where and how precisely to run it.
 
-    The network itself is loaded on first use and shared by every handle of the same file."""
+    The loader node validates and loads the network into a shared cache; this handle finds it there
+    (and reloads it if another checkpoint took its place meanwhile)."""
 
     path: Path
     precision: str = "auto"
 
     def network(self, device: torch.device):
         """The loaded network, moved to `device` (eval mode, float32 weights)."""
-        from ..colormnet_core.checkpoint import load_model
-        from ..colormnet_core.download import verify
-
-        stat = self.path.stat()
-        stamp = (stat.st_mtime, stat.st_size)
-        with _LOCK:
-            cached = _CACHE.get(str(self.path))
-            if cached is None or cached[0] != stamp:
-                _CACHE.clear()   # one ColorMNet at a time: 0.5 GB each
-                verify(self.path)
-                _CACHE[str(self.path)] = (stamp, load_model(self.path, device="cpu"))
-            net = _CACHE[str(self.path)][1]
-        return net.to(device)
+        return load_cached(self.path).to(device)
 
     def autocast(self, device: torch.device) -> str:
-        if self.precision != "auto":
-            return _AUTOCAST[self.precision]
-        return "bfloat16" if device.type == "cuda" and host.supports_bf16(device) else "float32"
+        return resolve_precision(self.precision, device)
 
     def offload(self) -> None:
         cached = _CACHE.get(str(self.path))
@@ -57,17 +77,23 @@ class ColorMNetModel:
         host.soft_empty_cache()
 
 
-def _missing_message() -> str:
+def _missing_message(name: str) -> str:
+    from ..colormnet_core.checkpoint import OFFICIAL_URL
+
     folders = ", ".join(str(p) for p in host.model_dirs())
-    return (f"No ColorMNet checkpoint found in {folders}. Put DINOv2FeatureV6_LocalAtten_s2_154000.pth (or the "
-            f".safetensors the ColorMNet Download Model node writes) there, or add a 'ColorMNet Download Model' "
-            f"node to fetch it (weights licensed CC BY-NC-SA 4.0), then refresh the page.")
+    stem = Path(name).stem if Path(name).suffix else name
+    return (f"Checkpoint {name!r} not found (neither {stem}.pth nor {stem}.safetensors): put the official "
+            f"DINOv2FeatureV6_LocalAtten_s2_154000.pth in models/colormnet and refresh the page, or use the "
+            f"'ColorMNet Download Model' node. Folders searched: {folders}. Download: {OFFICIAL_URL} "
+            f"(weights licensed CC BY-NC-SA 4.0: non-commercial, share-alike).")
 
 
 class ColorMNetModelLoader:
     CATEGORY = "ColorMNet"
-    DESCRIPTION = ("Loads a ColorMNet checkpoint from models/colormnet (.pth or .safetensors). The model stays "
-                   "cached between runs and is moved off the GPU after each use.")
+    DESCRIPTION = ("Loads a ColorMNet checkpoint from models/colormnet (.pth or .safetensors, recognised by "
+                   "content) and checks it fully here: keys, shapes and the sha256 recorded at download. The "
+                   "model stays cached between runs and is moved off the GPU after each use. "
+                   "ColorMNet colorizes (colourises) black-and-white video from colour exemplars.")
     RETURN_TYPES = ("COLORMNET_MODEL",)
     RETURN_NAMES = ("model",)
     FUNCTION = "load"
@@ -77,24 +103,34 @@ class ColorMNetModelLoader:
         names = host.list_checkpoints() or ["(no checkpoint in models/colormnet)"]
         return {"required": {
             "checkpoint": (names, {"tooltip": "A file in ComfyUI/models/colormnet (also folders declared as "
-                                              "'colormnet:' in extra_model_paths.yaml)."}),
-            "precision": (PRECISIONS, {"default": "auto", "tooltip": "Autocast precision. auto: bf16 on GPUs "
-                                       "that support it, else fp32. fp32 reproduces the official outputs."}),
+                                              "'colormnet:' in extra_model_paths.yaml). A name ending .pth also "
+                                              "finds the same name ending .safetensors, and the reverse."}),
+            "precision": (PRECISIONS, {"default": "auto", "tooltip": "Arithmetic precision. auto: bf16 on GPUs "
+                                       "that support it (faster, colours differ by a level or two), else fp32. "
+                                       "fp32 reproduces the official outputs. fp16 is for GPUs only (on a CPU "
+                                       "it runs as fp32)."}),
         }}
 
-    def load(self, checkpoint: str, precision: str):
-        path = host.checkpoint_path(checkpoint)
-        if path is None:
-            raise CheckpointError(_missing_message())
-        from ..colormnet_core.checkpoint import read_state_dict
+    @classmethod
+    def VALIDATE_INPUTS(cls, checkpoint: str):
+        # Declaring `checkpoint` here makes ComfyUI skip its own "Value not in list" check, so a workflow
+        # naming the .safetensors still runs with the official .pth (and the reverse).
+        if host.resolve_checkpoint(checkpoint) is None:
+            return _missing_message(checkpoint)
+        return True
 
-        # Validate now (clear error at this node), load the network lazily where it is used.
-        read_state_dict(path)
+    def load(self, checkpoint: str, precision: str):
+        path = host.resolve_checkpoint(checkpoint)
+        if path is None:
+            raise CheckpointError(_missing_message(checkpoint))
+        if path.name != checkpoint:
+            log.info("ColorMNet: %r is not in models/colormnet; using %s", checkpoint, path)
+        load_cached(path)   # every problem with the file surfaces on this node, and the file is read once
         return (ColorMNetModel(path, precision),)
 
     @classmethod
     def IS_CHANGED(cls, checkpoint: str, precision: str):
-        path = host.checkpoint_path(checkpoint)
+        path = host.resolve_checkpoint(checkpoint)
         if path is None:
             return float("nan")
         stat = path.stat()
@@ -112,24 +148,36 @@ class ColorMNetDownloadModel:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..colormnet_core.checkpoint import OFFICIAL_URL
+        from ..colormnet_core.checkpoint import OFFICIAL_FILENAME, OFFICIAL_URL
 
         return {"required": {
-            "accept_license": ("BOOLEAN", {"default": False, "tooltip": "The weights are CC BY-NC-SA 4.0: "
-                               "https://creativecommons.org/licenses/by-nc-sa/4.0/"}),
-            "source": (["github_release", "huggingface"], {"default": "github_release"}),
-            "url": ("STRING", {"default": OFFICIAL_URL, "tooltip": "Used with source github_release."}),
-            "hf_repo_id": ("STRING", {"default": "", "tooltip": "Used with source huggingface: owner/name."}),
-            "hf_filename": ("STRING", {"default": "DINOv2FeatureV6_LocalAtten_s2_154000.pth"}),
-            "precision": (PRECISIONS, {"default": "auto"}),
+            "accept_license": ("BOOLEAN", {"default": False, "tooltip": "The weights are CC BY-NC-SA 4.0 "
+                               "(non-commercial, share-alike): https://creativecommons.org/licenses/by-nc-sa/4.0/"}),
+            "source": (["github_release", "huggingface"], {"default": "github_release", "tooltip": "Where to "
+                       "download from: the URL below, or a Hugging Face repo (hf_repo_id + hf_filename)."}),
+            "url": ("STRING", {"default": OFFICIAL_URL, "tooltip": "Used with source github_release; http(s) "
+                               "only. Keep the default unless you host a copy of the official file."}),
+            "hf_repo_id": ("STRING", {"default": "", "tooltip": "Used with source huggingface (required there): "
+                                      "owner/name of the repo holding the checkpoint."}),
+            "hf_filename": ("STRING", {"default": OFFICIAL_FILENAME, "tooltip": "Used with source huggingface: "
+                                       "the checkpoint's file name in that repo."}),
+            "precision": (PRECISIONS, {"default": "auto", "tooltip": "As on the Model Loader: auto = bf16 on "
+                                       "GPUs that support it, else fp32; fp16 is for GPUs only."}),
         }}
 
     def download(self, accept_license, source, url, hf_repo_id, hf_filename, precision):
         from ..colormnet_core.download import download_official
+        from ..colormnet_core.errors import Cancelled
 
         update = host.progress(100)
-        path = download_official(
-            host.download_dir(), accept_license=accept_license, url=url,
-            hf_repo_id=hf_repo_id.strip() if source == "huggingface" else None, hf_filename=hf_filename,
-            progress=lambda done, total: update(int(100 * done / total) if total else 0))
+        try:
+            path = download_official(
+                host.download_dir(), accept_license=accept_license, url=url,
+                hf_repo_id=hf_repo_id if source == "huggingface" else None, hf_filename=hf_filename.strip(),
+                progress=lambda done, total: update(int(100 * done / total) if total else 0),
+                should_stop=host.interrupted)
+        except Cancelled:
+            host.raise_if_interrupted()   # ComfyUI's own interruption, so the UI shows "interrupted"
+            raise
+        load_cached(path)   # validated here, read once
         return (ColorMNetModel(path, precision),)

@@ -184,3 +184,51 @@ def test_convert_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     assert main(["convert", str(bad), str(tmp_path / "o.safetensors")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("writer, name", [("safetensors", "renamed.pth"), ("torch", "renamed.safetensors"),
+                                          ("torch", "renamed.bin"), ("safetensors", "no_extension")])
+def test_format_is_recognised_by_content_not_extension(tmp_path, writer, name):
+    state = tiny_official_state()
+    path = tmp_path / name
+    save_file(state, path) if writer == "safetensors" else torch.save(state, path)
+    read = read_state_dict(path)
+    assert torch.equal(read["key_encoder.cnn.layer1.0.conv1.weight"], state["key_encoder.res2.0.conv1.weight"])
+
+
+def test_sniffing_tells_the_formats_apart(tmp_path):
+    from colormnet_core.checkpoint import SAFETENSORS, TORCH_PICKLE, TORCH_ZIP, sniff_format
+
+    state = {"x": torch.zeros(2)}
+    save_file(state, tmp_path / "a")
+    torch.save(state, tmp_path / "b")
+    torch.save(state, tmp_path / "c", _use_new_zipfile_serialization=False)
+    (tmp_path / "d").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    (tmp_path / "e").write_bytes(b"")
+    assert [sniff_format(tmp_path / n) for n in "abcde"] == [SAFETENSORS, TORCH_ZIP, TORCH_PICKLE, None, None]
+
+
+class _Opaque:
+    """A harmless class that weights_only loading refuses (not in its allow-list)."""
+
+    def __init__(self):
+        self.value = 1
+
+
+def test_torch_advice_to_load_unsafely_never_reaches_the_user(tmp_path):
+    samples = {
+        "object.pth": {OFFICIAL_SENTINEL: torch.zeros(1), "extra": _Opaque()},
+        "legacy_object.pth": {OFFICIAL_SENTINEL: torch.zeros(1), "extra": _Opaque()},
+    }
+    for name, obj in samples.items():
+        torch.save(obj, tmp_path / name, _use_new_zipfile_serialization=name == "object.pth")
+    zipped = (tmp_path / "object.pth").read_bytes()
+    (tmp_path / "cut_zip.pth").write_bytes(zipped[: len(zipped) - 200])
+    (tmp_path / "garbage_pickle.pth").write_bytes(b"\x80\x02" + bytes(range(256)) * 4)
+    for path in sorted(tmp_path.iterdir()):
+        with pytest.raises(CheckpointError) as e:
+            read_state_dict(path)
+        text = str(e.value)
+        assert "weights_only" not in text and "weights only" not in text.lower(), (path.name, text)
+        head = text[:200]   # what UIs and logs show first: what happened and what to do
+        assert path.name in head and ("download it again" in head or "Use the official release" in head), text
