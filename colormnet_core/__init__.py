@@ -27,6 +27,14 @@ _LAZY = {
     "load_model": "checkpoint",
     "read_state_dict": "checkpoint",
     "rgb_to_lab": "color",
+    "Shot": "shots",
+    "ShotDetector": "shots",
+    "ShotDetectorConfig": "shots",
+    "detect_shots": "shots",
+    "parse_shots": "shots",
+    "shots_to_text": "shots",
+    "keyframe_indices": "shots",
+    "needs_exemplar": "shots",
     "lab_to_rgb": "color",
 }
 

@@ -7,13 +7,19 @@ Per frame t (official `InferenceCore.step` / `step_AnyExemplar`):
   none at the last frame;
 * readout = top-k memory read + LA to the last memory frame (no LA for frame 0 of the reference path);
 * at a pinned exemplar's frame the output chroma is the exemplar's.
+
+Shots (ours): with a shot list (or "auto" detection) and `reset_at_cuts`, every shot is colorized as
+if it were a video of its own: memory, hidden state and the schedule start afresh at its first frame,
+its last frame is treated as the official last frame, key batches never span a cut, and references
+enter memory again at each shot's first frame. So shot k's output is bit-identical (CPU, fp32) to a
+separate session over shot k's frames with the exemplars pinned inside it (and the references).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from typing import Literal, NamedTuple
 
 import torch
@@ -27,6 +33,7 @@ from .exemplars import EncodedExemplars, PreparedExemplar
 from .memory import MemoryEventHook, MFPMemory
 from .network import ColorMNet, EncodedKey
 from .preprocess import Geometry, ProcessingSize, as_rgb, network_image, normalized_lab
+from .shots import Shot, ShotDetector, ShotDetectorConfig, needs_exemplar, validate_shots
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +45,14 @@ _AMP = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 class ColorizedFrame(NamedTuple):
     """index; rgb `3 x H x W` float32 sRGB in [0, 1] at the input resolution (on `output_device`);
     ab `2 x h x w` normalised chroma (a/110, b/110) at the processing size, unpadded (the official
-    network-resolution output)."""
+    network-resolution output); confidence in [0, 1] (see `ColorizeSession`; 1.0 at a pinned
+    exemplar's frame); shot: index of the frame's shot (0 without shots)."""
 
     index: int
     rgb: Tensor
     ab: Tensor
+    confidence: float = 1.0
+    shot: int = 0
 
 
 class ColorizeSession:
@@ -53,6 +63,22 @@ class ColorizeSession:
     key_batch: frames whose keys are encoded in one call (keys do not depend on memory);
     gamut: "clip" out-of-gamut RGB (official) or "keep_luminance" (shrink chroma instead, so the
     output's luminance is the input's).
+    shots: None (one continuous run: the official behaviour), a list of `Shot`s tiling the video, or
+    "auto" (detected while running with `shot_config`; a cut is known one frame late, which the
+    one-frame look-ahead of `run` absorbs). reset_at_cuts: with shots, start memory and hidden
+    state afresh at every cut (False keeps the official carry-over and only labels the frames, e.g.
+    to find where exemplars are missing). With a reset, every shot needs an exemplar pinned to its
+    first frame or a reference; otherwise `InputError` names the shot (up front for a list, at the
+    cut for "auto").
+
+    Confidence of a frame = mean over its stride-16 pixels of exp(S_max), S_max the pixel's highest
+    memory similarity (the anisotropic negative squared L2 the read already computes, <= 0). exp(S)
+    is the unnormalised affinity the top-k softmax weights; its maximum says how close the nearest
+    memory pixel is, independently of how many memory pixels there are (the normalised affinity
+    would not tell a pixel with one vague match from one with one exact match). 1 = a memorised
+    pixel matches exactly; near 0 = nothing in memory resembles it (new content, a new shot
+    read against another shot's memory). Frames with a pinned exemplar have 1.0; it costs a top-k
+    the read already did and one mean per frame.
     """
 
     def __init__(
@@ -69,6 +95,9 @@ class ColorizeSession:
         on_memory_event: MemoryEventHook | None = None,
         compile: bool = False,
         gamut: Gamut = "clip",
+        shots: Sequence[Shot] | Literal["auto"] | None = None,
+        shot_config: ShotDetectorConfig | None = None,
+        reset_at_cuts: bool = True,
     ) -> None:
         if precision not in _AMP:
             raise InputError(f"precision must be float32, bfloat16 or float16, not {precision!r}.")
@@ -77,7 +106,18 @@ class ColorizeSession:
         if key_batch < 1:
             raise InputError(f"key_batch must be at least 1, got {key_batch}.")
         self.exemplars = exemplars
-        self._check_schedule()
+        if shots is not None and shots != "auto" and isinstance(shots, str):
+            raise InputError(f"shots must be a list of shots, 'auto' or None, not {shots!r} "
+                             f"(use shots.parse_shots to read text such as 0-119,120-300).")
+        self._shots = None if shots is None or shots == "auto" else validate_shots(shots)
+        self._detector = ShotDetector(shot_config) if shots == "auto" else None
+        self.reset_at_cuts = reset_at_cuts and shots is not None
+        self._starts = {0} if self._shots is None else {s.first for s in self._shots}
+        if self.reset_at_cuts and self._shots is not None:
+            for i, shot in enumerate(self._shots):
+                self._check_shot_source(i, shot.first, shot.last)
+        else:
+            self._check_schedule()
         self.network = network
         self.memory_config = memory or MemoryConfig()
         self.size = size or ProcessingSize()
@@ -97,6 +137,10 @@ class ColorizeSession:
         self._hidden: Tensor | None = None
         self._last_key: Tensor | None = None
         self._last_value: Tensor | None = None
+        self._shot_first = 0            # first frame of the current shot; the schedule counts from it
+        self._shot_index = -1
+        self._confidence: list[Tensor | float] = []
+        self._frame_shot: list[int] = []
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -104,11 +148,45 @@ class ColorizeSession:
     def frames_done(self) -> int:
         return self._t + 1
 
+    @property
+    def shots(self) -> list[Shot]:
+        """The shots of the frames done so far (given, detected, or one shot without shots)."""
+        done = self.frames_done
+        if done == 0:
+            return []
+        starts = sorted(s for s in self._starts if s < done)
+        return [Shot(first, last) for first, last in zip(starts, [s - 1 for s in starts[1:]] + [done - 1])]
+
+    @property
+    def confidence(self) -> list[float]:
+        """Per-frame match confidence of the frames done so far (see the class docstring)."""
+        self._confidence = [float(c) for c in self._confidence]
+        return list(self._confidence)   # type: ignore[arg-type]
+
+    def report(self, *, low: float = 0.5, min_run: int = 10) -> dict:
+        """JSON-serialisable summary: {"shots": [[first, last], ...] (inclusive, 0-based),
+        "confidence": [float per frame], "needs_exemplar": [frame indices] (see
+        `shots.needs_exemplar`), "reset_at_cuts": bool}."""
+        shots, confidence = self.shots, self.confidence
+        return {
+            "shots": [[s.first, s.last] for s in shots],
+            "confidence": [round(c, 6) for c in confidence],
+            "needs_exemplar": needs_exemplar(shots, confidence, self.exemplars.pinned_frames,
+                                             low=low, min_run=min_run),
+            "reset_at_cuts": self.reset_at_cuts,
+        }
+
     def step(self, frame: Tensor, *, last: bool = False) -> ColorizedFrame:
         """Colorize the next frame: `C x H x W` (C = 1, 3 or 4; float in [0, 1] or uint8).
 
-        `last=True` marks the video's last frame (the official pipeline never memorises it)."""
-        return next(self._process([frame], [last]))
+        `last=True` marks the video's last frame (the official pipeline never memorises it); with a
+        shot list and reset, a shot's last frame is marked by the session. "auto" shots need `run`."""
+        if self._detector is not None:
+            raise InputError("shots='auto' needs run() (it looks one frame ahead); give a shot list to use step().")
+        t = self.frames_done
+        if self.reset_at_cuts and self._shots is not None:
+            last = last or (t + 1) in self._starts
+        return self._annotate(next(self._process([frame], [last])))
 
     def run(
         self,
@@ -128,21 +206,33 @@ class ColorizeSession:
             raise InputError("the video has no frames; check the input path or the node that loads it.")
         if total is not None:
             self._check_pinned_within(total)
+            if self._shots is not None:
+                validate_shots(self._shots, total)
         iterator = iter(frames)
         pending = next(iterator, None)
         if pending is None:
             raise InputError("the video has no frames; check the input path or the node that loads it.")
+        index = self.frames_done              # index of `pending`
+        self._starts_shot(pending, index)
         while pending is not None:
             chunk, lasts = [], []
             while pending is not None and len(chunk) < self.key_batch:
                 chunk.append(pending)
                 pending = next(iterator, None)
-                lasts.append(pending is None)
+                index += 1
+                cut = pending is not None and self._starts_shot(pending, index) and self.reset_at_cuts
+                lasts.append(pending is None or cut)
+                if cut:       # a key batch never spans a cut: batches match those of a per-shot run
+                    break
             for result in self._process(chunk, lasts, should_stop):
+                result = self._annotate(result)
                 if on_frame is not None and on_frame(result) is False:
                     raise Cancelled(f"stopped by the caller after {result.index + 1} frames.")
                 yield result
         self._check_pinned_within(self.frames_done)
+        if self._shots is not None and self.frames_done != self._shots[-1].last + 1:
+            raise InputError(f"the shots cover frames 0-{self._shots[-1].last} but the video had "
+                             f"{self.frames_done} frames; make the shot list match the video.")
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -152,6 +242,54 @@ class ColorizeSession:
             raise InputError(
                 f"the first exemplar is pinned to frame {pinned[0]}, so frames 0-{pinned[0] - 1} have no "
                 f"colour source. Pin an exemplar to frame 0, or add one as a reference (not a frame of the video).")
+
+    def _check_shot_source(self, index: int, first: int, last: int | None) -> None:
+        """With a reset, shot `index` (frames first..last, last None = not known yet) must start from
+        an exemplar pinned to its first frame or from the references, like any video."""
+        if self.exemplars.references:
+            return
+        if last is None:
+            if first not in self.exemplars.pinned_frames:
+                raise InputError(
+                    f"a cut was detected at frame {first} (shot {index} starts there) but no exemplar is pinned "
+                    f"to frame {first} and there is no reference, so nothing gives that shot colours. Pin an "
+                    f"exemplar to frame {first}, add a reference exemplar, give the shot list yourself, or "
+                    f"run without per-shot reset.")
+            return
+        frames = f"frames {first}-{last}"
+        inside = [f for f in self.exemplars.pinned_frames if f >= first and (last is None or f <= last)]
+        if not inside:
+            raise InputError(
+                f"shot {index} ({frames}) has no exemplar and there is no reference, so nothing gives it "
+                f"colours. Pin an exemplar to frame {first} (e.g. its keyframe coloured by an image model), "
+                f"add a reference exemplar (not pinned to a frame), or run without per-shot reset.")
+        if inside[0] != first:
+            raise InputError(
+                f"shot {index} ({frames}) starts at frame {first} but its first exemplar is pinned to frame "
+                f"{inside[0]}, so frames {first}-{inside[0] - 1} have no colour source. Pin an exemplar to "
+                f"frame {first}, add a reference exemplar, or run without per-shot reset.")
+
+    def _starts_shot(self, frame: Tensor, index: int) -> bool:
+        """Whether frame `index` (about to be read) starts a new shot; feeds the "auto" detector."""
+        if self._detector is not None and self._detector.push(frame):
+            self._starts.add(index)
+        return index > 0 and index in self._starts
+
+    def _annotate(self, result: ColorizedFrame) -> ColorizedFrame:
+        confidence = self._confidence[result.index]
+        if isinstance(confidence, Tensor):
+            confidence = self._confidence[result.index] = float(confidence)
+        return result._replace(confidence=confidence, shot=self._frame_shot[result.index])
+
+    def _begin_shot(self, t: int) -> None:
+        """Per-shot reset at frame t: a fresh memory, hidden state and schedule, as in a new session."""
+        if self._shots is None:
+            self._check_shot_source(self._shot_index, t, None)
+        self.memory = MFPMemory(self.memory_config, on_event=self.on_memory_event)
+        self._shot_first = t
+        self._last_mem_t = 0
+        self._last_deep_t = -self.memory_config.deep_update_every
+        self._hidden = self._last_key = self._last_value = None
 
     def _check_pinned_within(self, total: int) -> None:
         outside = [f for f in self.exemplars.pinned_frames if f >= total]
@@ -210,9 +348,17 @@ class ColorizeSession:
     def _step(self, image: Tensor, key: EncodedKey, last: bool) -> Tensor:
         """The official schedule for one frame; returns the padded prediction `1 x 2 x Hp x Wp`."""
         self._t += 1
-        t, cfg, net, memory = self._t, self.memory_config, self._stages, self.memory
-        pinned = next((p for p in self._prepared if p.frame == t), None)
+        if self._t in self._starts:
+            self._shot_index += 1
+            if self._t > 0 and self.reset_at_cuts:
+                self._begin_shot(self._t)
+        self._frame_shot.append(self._shot_index)
+        frame = self._t                 # the video's frame index (pinned exemplars, events)
+        t = frame - self._shot_first    # the schedule's index: counts from the shot's first frame
+        cfg, net, memory = self.memory_config, self._stages, self.memory
+        pinned = next((p for p in self._prepared if p.frame == frame), None)
         references = [p for p in self._prepared if p.frame is None] if t == 0 else []
+        confidence: Tensor | float = 1.0
         sync = cfg.deep_update_every < 0
         is_mem = ((t - self._last_mem_t >= cfg.mem_every) or pinned is not None or bool(references)) and not last
         is_deep = ((sync and is_mem) or (not sync and t - self._last_deep_t >= cfg.deep_update_every)) and not last
@@ -223,7 +369,7 @@ class ColorizeSession:
                 # from a zero hidden state and without deep update; frame 0 gets no LA term.
                 self._hidden = net.empty_hidden(key.features.f16)
                 for ref in references:
-                    memory.add(ref.key, ref.shrinkage, ref.selection, ref.value, permanent=True, frame_index=t)
+                    memory.add(ref.key, ref.shrinkage, ref.selection, ref.value, permanent=True, frame_index=frame)
                     self._last_key, self._last_value = ref.key, ref.value
                 if pinned is None:
                     is_deep = False
@@ -232,6 +378,7 @@ class ColorizeSession:
                 self._hidden = net.empty_hidden(key.features.f16)
             else:
                 readout = memory.read(key.key, key.selection)
+                confidence = memory.last_read_similarity[0].exp().mean()
                 if not references:
                     readout = readout + net.read_short_term(key.key, self._last_key, self._last_value)
                 prediction, out = net.decode(key.features, readout, self._hidden, update_hidden=is_normal)
@@ -239,12 +386,14 @@ class ColorizeSession:
                     self._hidden = out.hidden
             if is_mem:
                 value, hidden = net.encode_value(image, key.features.f16, self._hidden, prediction, deep_update=is_deep)
-                memory.add(key.key, key.shrinkage, key.selection, value, permanent=pinned is not None, frame_index=t)
+                memory.add(key.key, key.shrinkage, key.selection, value, permanent=pinned is not None,
+                           frame_index=frame)
                 self._last_mem_t = t
                 self._last_key, self._last_value = key.key, value
                 if is_deep:
                     self._hidden = hidden
                     self._last_deep_t = t
+        self._confidence.append(confidence)
         return prediction
 
 
