@@ -6,6 +6,11 @@ frame), or is a reference image that is not a frame (loaded into memory before f
 any-exemplar path). Encoding a reference is independent of the video and can be reused across
 videos of the same processing size; a pinned exemplar is encoded together with its frame's
 luminance when the session reaches it, exactly as the official pipeline does.
+
+An exemplar of another size than the processing size is resized to it: at the official processing
+size (frames not resized) exactly as the official reader does (PIL bilinear on 8-bit RGB, then Lab),
+so outputs match the official pipeline; at our own processing sizes by an antialiased float
+bilinear resize (no 8-bit rounding).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .errors import InputError
-from .preprocess import Geometry, as_rgb, normalized_lab, resize
+from .preprocess import Geometry, as_rgb, normalized_lab, resize, resize_like_official
 
 if TYPE_CHECKING:   # the network pulls in timm; exemplars are made without it (e.g. at plugin import)
     from .network import ColorMNet
@@ -98,7 +103,10 @@ class EncodedExemplars:
     def _prepare_one(self, exemplar: Exemplar, network: ColorMNet, geometry: Geometry,
                      device: torch.device) -> PreparedExemplar:
         rgb = as_rgb(exemplar.image.unsqueeze(0), "exemplar image")
-        rgb = resize(rgb, geometry.processing_size)
+        if geometry.resized:
+            rgb = resize(rgb, geometry.processing_size)           # ours: float, antialiased
+        else:
+            rgb = resize_like_official(rgb, geometry.processing_size)   # official size: PIL on 8-bit, as it does
         lab = geometry.padding.pad(normalized_lab(rgb.clamp(0, 1))).to(device)
         if exemplar.frame is not None:
             return PreparedExemplar(exemplar.frame, lab)

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -157,12 +158,35 @@ def as_rgb(frames: Tensor, what: str = "frames") -> Tensor:
 
 
 def resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize, antialiased when shrinking (like PIL's BILINEAR, which the official
-    exemplar resize uses)."""
+    """Bilinear resize in float, antialiased when shrinking: `B x C x H x W` -> `B x C x size`.
+
+    Used for frames and for exemplars at our own processing sizes (no 8-bit rounding on the way)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     shrinking = size[0] < x.shape[-2] or size[1] < x.shape[-1]
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
+
+
+def resize_like_official(rgb: Tensor, size: tuple[int, int]) -> Tensor:
+    """The official reader's exemplar resize: 8-bit RGB through PIL's `Image.resize(..., BILINEAR)`.
+
+    rgb: `1 x 3 x H x W` sRGB in [0, 1] (8-bit values k/255 come back exactly: rounded, not truncated);
+    size: (height, width). Returns `1 x 3 x height x width` float64 sRGB in [0, 1] holding 8-bit values,
+    which is what `rgb2lab` sees in the official pipeline. PIL's bilinear filter widens its support
+    when shrinking and works in fixed point with 8-bit intermediates, so a float resize differs from
+    it by up to ~20 levels on textured exemplars; matching it keeps outputs equal to the official ones.
+    """
+    from PIL import Image   # Pillow comes with torchvision (and ComfyUI)
+
+    if tuple(rgb.shape[-2:]) == tuple(size):
+        return rgb
+    if rgb.shape[0] != 1 or rgb.shape[1] != 3:
+        raise InputError(f"resize_like_official takes one RGB image 1 x 3 x H x W, got {tuple(rgb.shape)}.")
+    pixels = (rgb[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
+    height, width = size
+    resized = Image.fromarray(pixels, "RGB").resize((width, height), Image.BILINEAR)
+    out = torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1)[None]
+    return out.to(torch.float64) / 255
 
 
 def normalized_lab(rgb: Tensor) -> Tensor:
