@@ -10,7 +10,7 @@ What it writes (see tests/data/README.md for sources and licences):
   tensors (ab per frame, intermediates) packed losslessly as `.f32.xz` (see `pack_tensors`);
 * tests/data/spec/: the official state-dict manifest and the ComfyUI /object_info snapshot;
 * tests/data/blackswan/: 16 frames of the real clip at 416x240 (grey PNG) and its colour exemplar;
-* workflows/media/: the example clip (24 frames, 416x240, 12 fps, H.264) and its exemplar, for the workflows.
+* workflows/media/: the example clips (416x240, 12 fps, H.264) and their exemplars, for the workflows.
 """
 
 from __future__ import annotations
@@ -75,23 +75,50 @@ def blackswan(shared: Path, out: Path) -> None:
     cv2.imwrite(str(out / "exemplar" / "00000.png"), resized(src / "exemplar" / "00000.png"))
 
 
-def example_media(shared: Path, out: Path) -> None:
+def write_h264(path: Path, frames: list[np.ndarray], fps: int = 12, audio: bool = True) -> None:
+    """BGR frames -> H.264 yuv420p mp4 (browser-playable), with a quiet synthetic AAC track (a 220 Hz
+    tone fading in and out, made here) so the examples show that audio is carried through."""
     import av
 
-    src = shared / "data" / "blackswan"
-    out.mkdir(parents=True, exist_ok=True)
-    with av.open(str(out / "colormnet_example.mp4"), "w") as container:
-        stream = container.add_stream("libx264", rate=12)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = EXAMPLE_SIZE
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "18"}
-        for path in sorted((src / "frames").glob("*.png"))[:EXAMPLE_FRAMES]:
-            rgb = cv2.cvtColor(resized(path), cv2.COLOR_BGR2RGB)
+        sound = container.add_stream("aac", rate=44100) if audio else None
+        for bgr in frames:
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    cv2.imwrite(str(out / "colormnet_example_exemplar.png"), resized(src / "exemplar" / "00000.png"))
+        if sound is not None:
+            rate, seconds = 44100, len(frames) / fps
+            t = np.arange(int(rate * seconds)) / rate
+            wave = (0.1 * np.sin(2 * np.pi * 220 * t) * np.sin(np.pi * t / seconds)).astype(np.float32)
+            step = 1024
+            for start in range(0, wave.size, step):
+                chunk = av.AudioFrame.from_ndarray(wave[None, start:start + step], format="fltp", layout="mono")
+                chunk.sample_rate, chunk.pts = rate, start
+                for packet in sound.encode(chunk):
+                    container.mux(packet)
+            for packet in sound.encode():
+                container.mux(packet)
+
+
+def example_media(shared: Path, out: Path) -> None:
+    """The basic clip (24 frames) and an honest two-shot clip for keyframes: blackswan frames 0-11, then
+    the same frames mirrored, so frame 12's colour version is the mirrored colour frame 0 (a true
+    exemplar for it, not a guess)."""
+    src = shared / "data" / "blackswan"
+    out.mkdir(parents=True, exist_ok=True)
+    frames = [resized(p) for p in sorted((src / "frames").glob("*.png"))[:EXAMPLE_FRAMES]]
+    write_h264(out / "colormnet_example.mp4", frames)
+    half = EXAMPLE_FRAMES // 2
+    write_h264(out / "colormnet_example_two_shots.mp4", frames[:half] + [f[:, ::-1] for f in frames[:half]])
+    exemplar = resized(src / "exemplar" / "00000.png")
+    cv2.imwrite(str(out / "colormnet_example_exemplar.png"), exemplar)
+    cv2.imwrite(str(out / "colormnet_example_exemplar_mirrored.png"), np.ascontiguousarray(exemplar[:, ::-1]))
 
 
 def main() -> None:
