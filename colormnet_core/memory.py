@@ -136,6 +136,7 @@ class MFPMemory:
     working: KeyValueStore = field(init=False)
     long_term: KeyValueStore = field(init=False)
     last_read_similarity: Tensor | None = field(default=None, init=False)   # float32 k x n, set by read
+    last_read_index: Tensor | None = field(default=None, init=False)        # its memory elements, int64 k x n
 
     def __post_init__(self) -> None:
         # Working-memory usage feeds consolidation; long-term usage feeds pruning. The official code
@@ -182,7 +183,7 @@ class MFPMemory:
         mem_value = torch.cat([s.value for s in stores], dim=-1)
         n_mem, n_query = mem_key.shape[-1], query.shape[-1]
         band = max(1, min(n_query, READ_CHUNK_ELEMENTS // n_mem))
-        readouts, top_similarity = [], []
+        readouts, top_similarity, top_index = [], [], []
         usage = torch.zeros(n_mem, device=key.device, dtype=torch.float32)
         for start in range(0, n_query, band):
             part = slice(start, start + band)
@@ -190,8 +191,11 @@ class MFPMemory:
             affinity = top_k_affinity(sim, self.config.top_k)
             usage += affinity[0].sum(dim=1).float()
             readouts.append(mem_value @ affinity[0])
-            top_similarity.append(torch.topk(sim[0], k=min(self.config.top_k, n_mem), dim=0).values.float())
+            top = torch.topk(sim[0], k=min(self.config.top_k, n_mem), dim=0)
+            top_similarity.append(top.values.float())
+            top_index.append(top.indices)
         self.last_read_similarity = torch.cat(top_similarity, dim=-1)   # top-k per query pixel, descending
+        self.last_read_index = torch.cat(top_index, dim=-1)             # in [long-term, permanent, working] order
         offset = 0
         for s in stores:
             s.update_usage(usage[offset:offset + s.size])

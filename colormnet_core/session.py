@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .color import denormalize_lab, fit_chroma_to_gamut, lab_to_rgb
+from .confidence import MemoryConfidence
 from .config import MemoryConfig
 from .errors import Cancelled, InputError
 from .exemplars import EncodedExemplars, PreparedExemplar
@@ -71,14 +72,10 @@ class ColorizeSession:
     first frame or a reference; otherwise `InputError` names the shot (up front for a list, at the
     cut for "auto").
 
-    Confidence of a frame = mean over its stride-16 pixels of exp(S_max), S_max the pixel's highest
-    memory similarity (the anisotropic negative squared L2 the read already computes, <= 0). exp(S)
-    is the unnormalised affinity the top-k softmax weights; its maximum says how close the nearest
-    memory pixel is, independently of how many memory pixels there are (the normalised affinity
-    would not tell a pixel with one vague match from one with one exact match). 1 = a memorised
-    pixel matches exactly; near 0 = nothing in memory resembles it (new content, a new shot
-    read against another shot's memory). Frames with a pinned exemplar have 1.0; it costs a top-k
-    the read already did and one mean per frame.
+    Confidence of a frame (in [0, 1]; defined and justified in `confidence.py`): mean over its
+    stride-16 pixels of exp(best memory similarity) times the confidence of the frame that best
+    match was memorised from; 1.0 at exemplars. Low = nothing in memory that traces back to an
+    exemplar resembles the frame (new content, or a shot read against another shot's memory).
     """
 
     def __init__(
@@ -140,6 +137,7 @@ class ColorizeSession:
         self._shot_first = 0            # first frame of the current shot; the schedule counts from it
         self._shot_index = -1
         self._confidence: list[Tensor | float] = []
+        self._memory_confidence: MemoryConfidence | None = None
         self._frame_shot: list[int] = []
 
     # -- public API ---------------------------------------------------------------------------
@@ -356,6 +354,9 @@ class ColorizeSession:
         frame = self._t                 # the video's frame index (pinned exemplars, events)
         t = frame - self._shot_first    # the schedule's index: counts from the shot's first frame
         cfg, net, memory = self.memory_config, self._stages, self.memory
+        if self._memory_confidence is None or self._memory_confidence.memory is not memory:
+            self._memory_confidence = MemoryConfidence(memory)
+        tracker = self._memory_confidence
         pinned = next((p for p in self._prepared if p.frame == frame), None)
         references = [p for p in self._prepared if p.frame is None] if t == 0 else []
         confidence: Tensor | float = 1.0
@@ -369,7 +370,9 @@ class ColorizeSession:
                 # from a zero hidden state and without deep update; frame 0 gets no LA term.
                 self._hidden = net.empty_hidden(key.features.f16)
                 for ref in references:
+                    before = memory.stats
                     memory.add(ref.key, ref.shrinkage, ref.selection, ref.value, permanent=True, frame_index=frame)
+                    tracker.added(before, 1.0)
                     self._last_key, self._last_value = ref.key, ref.value
                 if pinned is None:
                     is_deep = False
@@ -378,7 +381,7 @@ class ColorizeSession:
                 self._hidden = net.empty_hidden(key.features.f16)
             else:
                 readout = memory.read(key.key, key.selection)
-                confidence = memory.last_read_similarity[0].exp().mean()
+                confidence = tracker.frame()
                 if not references:
                     readout = readout + net.read_short_term(key.key, self._last_key, self._last_value)
                 prediction, out = net.decode(key.features, readout, self._hidden, update_hidden=is_normal)
@@ -386,8 +389,10 @@ class ColorizeSession:
                     self._hidden = out.hidden
             if is_mem:
                 value, hidden = net.encode_value(image, key.features.f16, self._hidden, prediction, deep_update=is_deep)
+                before = memory.stats
                 memory.add(key.key, key.shrinkage, key.selection, value, permanent=pinned is not None,
                            frame_index=frame)
+                tracker.added(before, confidence)
                 self._last_mem_t = t
                 self._last_key, self._last_value = key.key, value
                 if is_deep:
