@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -15,6 +16,7 @@ from .errors import Cancelled
 from .exemplars import EncodedExemplars, Exemplar
 from .preprocess import ProcessingSize
 from .session import ColorizeSession
+from .shots import parse_shots
 from .video_io import FrameSource, FrameWriter, read_image
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,8 @@ def add_colorize_parser(subparsers) -> None:
     p.add_argument("--input", required=True, help="video file or folder of frames (sorted by name)")
     p.add_argument("--exemplar", required=True, action="append", metavar="IMG[@FRAME]",
                    help="colour exemplar; repeat for several")
-    p.add_argument("--output", required=True, help="output video file (.mp4, ...) or folder for PNG frames")
+    p.add_argument("--output", required=True,
+                   help="output video (.mp4, .mkv, .mov: H.264 with the source's audio) or folder for PNG frames")
     p.add_argument("--checkpoint", required=True, help=".pth or .safetensors ColorMNet checkpoint")
     p.add_argument("--size", default=None,
                    help="processing size: 480 (short side), long:854, 0.5mp; default: official (no resize)")
@@ -57,6 +60,14 @@ def add_colorize_parser(subparsers) -> None:
     p.add_argument("--key-batch", type=int, default=4, help="frames whose keys are encoded in one call")
     p.add_argument("--compile", action="store_true", help="torch.compile the network stages")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--crf", type=int, default=18,
+                   help="H.264 quality for video outputs: 0 lossless, 18 (default) visually lossless, 23 smaller")
+    p.add_argument("--shots", default="none", metavar="auto|none|FIRST-LAST,...",
+                   help="per-shot reset: 'auto' detects cuts and cross-fades, or give the shots as inclusive "
+                        "0-based frame ranges (0-119,120-300); every shot then needs an exemplar pinned to its "
+                        "first frame or a reference. Default 'none': one continuous run (official behaviour)")
+    p.add_argument("--report", default=None, metavar="JSON",
+                   help="write shots, per-frame match confidence and the frames that need an exemplar here")
     mem = p.add_argument_group("memory (MFP); defaults are the official release's")
     defaults = MemoryConfig()
     mem.add_argument("--mem-every", type=int, default=defaults.mem_every, help="r: memory frame interval")
@@ -80,33 +91,73 @@ def run_colorize(args: argparse.Namespace) -> int:
         max_long_term_elements=args.max_long_term_elements, enable_long_term=not args.no_long_term,
         permanent_exemplars=not args.exemplars_not_permanent)
     size = ProcessingSize.parse(args.size)
+    shots = parse_shots(args.shots)
+    # Everything that can be wrong with the input is checked before the model loads and work starts.
     source = FrameSource(args.input)
     exemplars = EncodedExemplars(tuple(
         Exemplar(read_image(path), frame) for path, frame in map(parse_exemplar, args.exemplar)))
+    if exemplars.pinned_frames:
+        source.require_frame(max(exemplars.pinned_frames))
+    if isinstance(shots, list):
+        source.require_frame(shots[-1].last)
+    writer = FrameWriter(args.output, names=source.names, source=source, crf=args.crf, overwrite=args.overwrite)
     device = pick_device(args.device)
     network = load_model(args.checkpoint, device=device)
     session = ColorizeSession(network, exemplars, memory, size=size, device=device, precision=args.dtype,
-                              key_batch=args.key_batch, compile=args.compile)
-    total = len(source)
+                              key_batch=args.key_batch, compile=args.compile, shots=shots)
+    total = source.estimated_count
     started = time.perf_counter()
-    with FrameWriter(args.output, fps=source.fps, names=source.names, overwrite=args.overwrite) as writer:
+    with writer:
         try:
             for result in session.run(source):
-                writer.write(result.rgb)
+                writer.write(result.rgb, result.index)
                 _progress(result.index + 1, total, started)
         except (KeyboardInterrupt, Cancelled):
-            print(f"\nstopped after {writer.count} frames; they are in {args.output}", file=sys.stderr)
+            writer.abort()
+            kept = "nothing was written (a colorization cannot resume from a partial video)" if writer.video \
+                else f"they are in {args.output}"
+            print(f"\nstopped after {writer.count} frames; {kept}", file=sys.stderr)
+            _write_report(args.report, session)
             return 130
+    _write_report(args.report, session)
     elapsed = time.perf_counter() - started
     print(f"\n{writer.count} frames -> {args.output} in {elapsed:.1f} s "
           f"({writer.count / max(elapsed, 1e-9):.2f} frames/s)", file=sys.stderr)
+    if writer.video is not None:
+        _describe_video(writer.video, source)
     return 0
+
+
+def _write_report(path: str | None, session: ColorizeSession) -> None:
+    """The session's report as JSON: shots, per-frame confidence, frames that need an exemplar."""
+    if path is None or session.frames_done == 0:
+        return
+    report = session.report()
+    Path(path).write_text(json.dumps(report) + "\n")
+    if report["needs_exemplar"]:
+        print(f"frames that would gain from an exemplar: {report['needs_exemplar']} (report: {path})",
+              file=sys.stderr)
+
+
+def _describe_video(video, source: FrameSource) -> None:
+    """What the user may not expect from the output file: padding, audio handling."""
+    notes = [f"H.264 yuv420p ({video.encoder}, crf {video.crf})"]
+    if video.padded:
+        notes.append(f"padded to {video.padded[0]}x{video.padded[1]} (H.264 needs even sizes)")
+    audio = source.video.audio if source.video is not None else None
+    if audio is None:
+        notes.append("no audio in the source")
+    elif video.audio_transcoded_from:
+        notes.append(f"audio {video.audio_transcoded_from} re-encoded to AAC (the container cannot hold it)")
+    else:
+        notes.append(f"audio {audio.codec} copied")
+    print("; ".join(notes), file=sys.stderr)
 
 
 def _progress(done: int, total: int, started: float) -> None:
     rate = done / max(time.perf_counter() - started, 1e-9)
     width = 30
-    filled = int(width * done / total) if total else 0
+    filled = min(width, int(width * done / total)) if total else 0
     bar = "#" * filled + "-" * (width - filled)
     of = f"/{total}" if total else ""
     print(f"\r[{bar}] {done}{of} frames, {rate:.2f} frames/s", end="", file=sys.stderr, flush=True)

@@ -1,9 +1,10 @@
-"""Reading and writing frames with OpenCV: image folders and video files, one frame at a time."""
+"""Frame sources and sinks, one frame at a time: image folders (OpenCV) and video files (PyAV, see video_file)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -39,97 +40,127 @@ def _to_tensor(bgr: np.ndarray) -> Tensor:
 class FrameSource:
     """Frames of a video file or an image folder (sorted by name, hidden files skipped), read lazily.
 
-    Iterating yields uint8 RGB `3 x H x W` tensors. `names` are output file stems; `fps` is the
-    video's rate (25 for folders). `len()` is exact for folders and OpenCV's count for videos.
+    Iterating yields uint8 RGB `3 x H x W` tensors. Opening a video decodes its first frame, so a file
+    that is not a video fails here, before any work. `count` is exact for folders and the header's
+    count (or None) for videos, which are read to their end whatever it says; `names` are output
+    file stems (folders only); `fps` is the video's rate (25 for folders); `video` is the
+    `VideoReader` (None for folders), whose timestamps and audio a `FrameWriter` can keep.
+    Not `Sized` on purpose: a video's frame count is a claim, not a fact.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.video = None
+        self.names: list[str] | None = None
         if self.path.is_dir():
             self.files = sorted(p for p in self.path.iterdir()
                                 if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
             if not self.files:
                 raise InputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the folder {self.path}.")
-            self.fps = 25.0
+            self.fps: Fraction = Fraction(25)
             self.names = [p.stem for p in self.files]
-            self._count = len(self.files)
+            self.count: int | None = len(self.files)
         elif self.path.is_file():
-            capture = cv2.VideoCapture(str(self.path))
-            if not capture.isOpened():
-                raise InputError(f"cannot open {self.path} as a video; convert it to mp4 (H.264) or extract "
-                                 f"its frames into a folder.")
-            self.fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-            self._count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-            capture.release()
+            from .video_file import VideoReader
+
             self.files = None
-            self.names = [f"{i:05d}" for i in range(self._count)]
+            self.video = VideoReader(self.path)
+            self.fps = self.video.fps
+            self.count = self.video.frame_count
         else:
             raise InputError(f"input not found: {self.path} (give a video file or a folder of frames).")
 
-    def __len__(self) -> int:
-        return self._count
+    @property
+    def estimated_count(self) -> int | None:
+        """For progress bars only: exact for folders, an estimate (or None) for videos."""
+        return self.count if self.video is None else self.video.estimated_frames
+
+    def require_frame(self, index: int) -> None:
+        """InputError unless frame `index` exists (0-based): checked before colorizing, for pinned exemplars.
+        For a video the packets are counted (see `VideoReader.require_frame`)."""
+        if self.video is not None:
+            self.video.require_frame(index)
+        elif index >= self.count:
+            raise InputError(f"an exemplar is pinned to frame {index}, but the folder {self.path} has {self.count} "
+                             f"frames (0-{self.count - 1}); pin it to a frame that exists or use it as a reference "
+                             f"(frame -1).")
+
+    def timestamp(self, index: int) -> int | None:
+        """Frame `index`'s presentation time in the video's time base (None for folders)."""
+        return self.video.timestamp(index) if self.video is not None else None
 
     def __iter__(self) -> Iterator[Tensor]:
-        if self.files is not None:
-            for p in self.files:
-                yield read_image(p)
+        if self.files is None:
+            yield from self.video
             return
-        capture = cv2.VideoCapture(str(self.path))
-        try:
-            while True:
-                ok, frame = capture.read()
-                if not ok:
-                    break
-                yield _to_tensor(frame)
-        finally:
-            capture.release()
+        for p in self.files:
+            yield read_image(p)
 
 
 class FrameWriter:
-    """Writes RGB frames to a folder of PNGs or to a video file (by the path's suffix)."""
+    """Writes RGB frames to a folder of PNGs or to an H.264 video file (by the path's suffix).
 
-    def __init__(self, path: str | Path, *, fps: float = 25.0, names: list[str] | None = None,
-                 overwrite: bool = False) -> None:
+    For a video, `source` (a `FrameSource`) lends its timestamps, time base and audio; the file
+    appears under its name only when complete (see `video_file.VideoWriter`). Leaving a `with`
+    block by an exception deletes an unfinished video but keeps PNGs already written.
+    """
+
+    def __init__(self, path: str | Path, *, fps: float | Fraction = 25.0, names: list[str] | None = None,
+                 source: FrameSource | None = None, crf: int = 18, overwrite: bool = False) -> None:
         self.path = Path(path)
-        self.fps = fps
         self.names = names
         self.count = 0
-        self._video: cv2.VideoWriter | None = None
         self.is_video = self.path.suffix.lower() in VIDEO_SUFFIXES
+        self.source = source
+        self._video = None
         if self.is_video:
-            if self.path.exists() and not overwrite:
-                raise InputError(f"{self.path} exists; choose another output or pass --overwrite.")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            from .video_file import VideoWriter
+
+            reader = source.video if source is not None else None
+            self._video = VideoWriter(
+                self.path, fps=source.fps if source is not None else fps,
+                time_base=reader.time_base if reader is not None else None, audio_from=reader, crf=crf,
+                overwrite=overwrite)
         else:
             if self.path.exists() and any(self.path.iterdir()) and not overwrite:
                 raise InputError(f"the output folder {self.path} is not empty; choose another or pass --overwrite.")
             self.path.mkdir(parents=True, exist_ok=True)
 
-    def write(self, rgb: Tensor) -> None:
-        """rgb: `3 x H x W`, uint8 or float in [0, 1] (float is rounded to 8 bits)."""
+    @property
+    def video(self):
+        """The `VideoWriter` (None for PNG folders)."""
+        return self._video
+
+    def write(self, rgb: Tensor, index: int | None = None) -> None:
+        """rgb: `3 x H x W`, uint8 or float in [0, 1] (float is rounded to 8 bits); index: the frame's
+        index in the source (for its timestamp)."""
+        if self._video is not None:
+            pts = self.source.timestamp(index) if self.source is not None and index is not None else None
+            self._video.write(rgb, pts)
+            self.count += 1
+            return
         if rgb.dtype != torch.uint8:
             rgb = (rgb.clamp(0, 1) * 255).round().to(torch.uint8)
         bgr = np.ascontiguousarray(rgb.permute(1, 2, 0).cpu().numpy()[:, :, ::-1])
-        if self.is_video:
-            if self._video is None:
-                h, w = bgr.shape[:2]
-                self._video = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
-                if not self._video.isOpened():
-                    raise InputError(f"cannot write the video {self.path}; write to a folder of PNGs instead.")
-            self._video.write(bgr)
-        else:
-            name = self.names[self.count] if self.names and self.count < len(self.names) else f"{self.count:05d}"
-            if not cv2.imwrite(str(self.path / f"{name}.png"), bgr):
-                raise InputError(f"cannot write {self.path / (name + '.png')}; check the folder's permissions.")
+        name = self.names[self.count] if self.names and self.count < len(self.names) else f"{self.count:05d}"
+        if not cv2.imwrite(str(self.path / f"{name}.png"), bgr):
+            raise InputError(f"cannot write {self.path / (name + '.png')}; check the folder's permissions.")
         self.count += 1
 
     def close(self) -> None:
         if self._video is not None:
-            self._video.release()
-            self._video = None
+            self._video.close()
+
+    def abort(self) -> None:
+        """Stop without a result: an unfinished video is deleted; PNGs already written stay."""
+        if self._video is not None:
+            self._video.abort()
 
     def __enter__(self) -> FrameWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -59,6 +59,6 @@ def test_frame_source_reads_folders_in_name_order_and_skips_hidden_files(tmp_pat
     for name in ("b.png", "a.png", ".hidden.png"):
         cv2.imwrite(str(tmp_path / name), np.full((4, 6, 3), ord(name[0]), np.uint8))
     source = FrameSource(tmp_path)
-    assert source.names == ["a", "b"] and len(source) == 2
+    assert source.names == ["a", "b"] and source.count == 2
     assert [int(f[0, 0, 0]) for f in source] == [ord("a"), ord("b")]
     assert torch.equal(read_image(tmp_path / "a.png"), next(iter(source)))
