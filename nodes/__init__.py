@@ -6,7 +6,7 @@ from .colorize import ColorMNetColorize
 from .exemplars import ColorMNetEncode, ColorMNetLoadExemplar
 from .memory import ColorMNetMemory
 from .model import ColorMNetDownloadModel, ColorMNetModelLoader
-from .video import ColorMNetColorizeVideo
+from .video import ColorMNetColorizeVideo, ColorMNetVideo
 
 NODE_CLASS_MAPPINGS = {
     "ColorMNetModelLoader": ColorMNetModelLoader,
@@ -16,6 +16,7 @@ NODE_CLASS_MAPPINGS = {
     "ColorMNetMemory": ColorMNetMemory,
     "ColorMNetColorize": ColorMNetColorize,
     "ColorMNetColorizeVideo": ColorMNetColorizeVideo,
+    "ColorMNetVideo": ColorMNetVideo,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -25,5 +26,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ColorMNetEncode": "ColorMNet Encode Exemplars",
     "ColorMNetMemory": "ColorMNet Memory",
     "ColorMNetColorize": "ColorMNet Colorize",
-    "ColorMNetColorizeVideo": "ColorMNet Colorize Video (streaming)",
+    "ColorMNetColorizeVideo": "ColorMNet Colorize Video File (deprecated)",
+    "ColorMNetVideo": "ColorMNet Colorize Video",
 }

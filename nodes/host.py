@@ -187,6 +187,26 @@ def output_dir() -> Path:
     return Path(fp.get_output_directory()) if fp is not None else Path.cwd() / "output"
 
 
+def temp_dir() -> Path:
+    """ComfyUI's temp folder (emptied when ComfyUI starts; Save Video copies from it), else the system's."""
+    fp = _comfy("folder_paths")
+    if fp is not None:
+        return Path(fp.get_temp_directory())
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "colormnet"
+
+
+def video_from_file(path: Path):
+    """ComfyUI's VIDEO object for a file (what Load Video returns), or None outside ComfyUI."""
+    for module in ("comfy_api.latest", "comfy_api.input_impl"):   # newest first; input_impl since 0.3.3x
+        api = _comfy(module)
+        impl = getattr(api, "InputImpl", api) if api is not None else None
+        if impl is not None and hasattr(impl, "VideoFromFile"):
+            return impl.VideoFromFile(str(path))
+    return None
+
+
 def annotated_input_path(name: str) -> Path:
     fp = _comfy("folder_paths")
     if fp is not None:

@@ -1,17 +1,123 @@
-"""The streaming video node: reads and writes a video one frame at a time."""
+"""The video nodes: ComfyUI VIDEO in, VIDEO out, decoded and encoded one frame at a time.
+
+`ColorMNetVideo` takes core Load Video's VIDEO and returns a VIDEO (an H.264 file with the source's
+audio, in ComfyUI's temp folder) that core Save Video copies and previews. RAM stays flat however
+long the film is: frames go from the decoder through the network into the encoder one by one.
+`ColorMNetColorizeVideo` (file name in, file out) is kept, deprecated, for saved workflows.
+"""
 
 from __future__ import annotations
+
+import uuid
+from pathlib import Path
 
 from ..colormnet_core.errors import InputError
 from . import host
 from .colorize import _size_inputs, run_session
 
+CRF_INPUT = ("INT", {"default": 18, "min": 0, "max": 51, "tooltip": "H.264 quality. Lower is better and bigger: 18 "
+                     "looks like the original, 23 is half the size, 0 is lossless (huge)."})
+
+
+class VideoFile:
+    """A VIDEO backed by a file, for use without ComfyUI (tests, scripts); the subset of ComfyUI's
+    `VideoFromFile` that Save Video and our nodes use."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def get_stream_source(self) -> str:
+        return str(self.path)
+
+    def get_dimensions(self) -> tuple[int, int]:
+        from ..colormnet_core.video_file import VideoReader
+
+        reader = VideoReader(self.path)
+        return reader.width, reader.height
+
+    def save_to(self, path, format="auto", codec="auto", metadata=None) -> None:   # noqa: A002 - ComfyUI's names
+        import shutil
+
+        shutil.copyfile(self.path, path)
+
+    def __repr__(self) -> str:
+        return f"VideoFile({str(self.path)!r})"
+
+
+def video_source(video):
+    """The file (path or in-memory buffer) behind a VIDEO, or None for one built from frames in memory."""
+    if isinstance(video, (str, Path)):
+        return video
+    own = type(video).__dict__.get("get_stream_source")   # the base class's default re-encodes: not wanted
+    if own is not None:
+        return video.get_stream_source()
+    return getattr(video, "_VideoFromFile__file", None)   # ComfyUI before get_stream_source existed
+
+
+def open_video(video):
+    """A `VideoReader` on a VIDEO input; InputError (with what to do) when it is no readable video."""
+    from ..colormnet_core.video_file import VideoReader
+
+    source = video_source(video)
+    if source is None:
+        raise InputError(f"this VIDEO ({type(video).__name__}) holds frames in memory, not a file; connect "
+                         f"Load Video directly, or use ColorMNet Colorize on an IMAGE batch.")
+    return VideoReader(source)
+
+
+def colorize_video(model, memory, reader, target: Path, size_options: tuple, crf: int):
+    """Decode -> colorize -> encode, one frame at a time, into `target` (renamed there only when complete)."""
+    from ..colormnet_core.video_file import VideoWriter
+
+    pinned = memory.exemplars.pinned_frames
+    if pinned:
+        reader.require_frame(max(pinned))
+    with VideoWriter(target, fps=reader.fps, time_base=reader.time_base, audio_from=reader, crf=crf) as writer:
+        run_session(model, memory, reader, reader.estimated_frames, *size_options,
+                    lambda result: writer.write(result.rgb, reader.timestamp(result.index)))
+    return writer
+
+
+class ColorMNetVideo:
+    CATEGORY = "ColorMNet"
+    DESCRIPTION = ("Colorizes a VIDEO (from Load Video) from the exemplars in memory and returns a VIDEO for Save "
+                   "Video: H.264 (plays in browsers) with the original sound, frame rate and timing. Frames are "
+                   "decoded, colorized and encoded one at a time, so memory use stays flat however long the film "
+                   "is. Cancel stops within a frame and leaves no file.")
+    RETURN_TYPES = ("VIDEO",)
+    RETURN_NAMES = ("video",)
+    OUTPUT_TOOLTIPS = ("The colorized video (a temporary H.264 file); connect Save Video to keep it.",)
+    FUNCTION = "colorize"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("COLORMNET_MODEL",),
+            "memory": ("COLORMNET_MEMORY",),
+            "video": ("VIDEO", {"tooltip": "The film to colorize, from Load Video (upload or input folder). Only "
+                                "its luminance is used; its sound is copied."}),
+            **_size_inputs(),
+            "crf": CRF_INPUT,
+        }}
+
+    def colorize(self, model, memory, video, processing_size, keep_luminance, key_batch, crf=18):
+        reader = open_video(video)
+        folder = host.temp_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        # A new name per run: ComfyUI may still hold (cache) the VIDEO of an earlier run.
+        target = folder / f"colormnet_{uuid.uuid4().hex[:12]}.mp4"
+        colorize_video(model, memory, reader, target, (processing_size, keep_luminance, key_batch), crf)
+        result = host.video_from_file(target) or VideoFile(target)
+        ui = {"images": [{"filename": target.name, "subfolder": "", "type": "temp"}], "animated": [True]}
+        return {"ui": ui, "result": (result,)}
+
 
 class ColorMNetColorizeVideo:
     CATEGORY = "ColorMNet"
-    DESCRIPTION = ("Colorizes a video file from ComfyUI's input folder and writes the result to the output "
-                   "folder frame by frame, so memory use stays flat however long the film is. Audio is not "
-                   "copied.")
+    DEPRECATED = True
+    DESCRIPTION = ("Deprecated: use ColorMNet Colorize Video (VIDEO in and out, with upload). Colorizes a video file "
+                   "from ComfyUI's input folder into the output folder as H.264 with the original sound, one frame "
+                   "at a time.")
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("path",)
     FUNCTION = "colorize"
@@ -28,22 +134,21 @@ class ColorMNetColorizeVideo:
             "model": ("COLORMNET_MODEL",),
             "memory": ("COLORMNET_MEMORY",),
             "video": (videos or ["(no video in the input folder)"], {"tooltip": "A video in ComfyUI/input."}),
-            "filename_prefix": ("STRING", {"default": "colormnet/video"}),
+            "filename_prefix": ("STRING", {"default": "colormnet/video", "tooltip": "Output file name start, "
+                                "relative to ComfyUI's output folder; a counter and .mp4 are added."}),
             **_size_inputs(),
         }}
 
     def colorize(self, model, memory, video, filename_prefix, processing_size, keep_luminance, key_batch):
-        from ..colormnet_core.video_io import FrameSource, FrameWriter
+        from ..colormnet_core.video_file import VideoReader
 
         path = host.annotated_input_path(video)
         if not path.is_file():
             raise InputError(f"video not found: {path}. Put it in ComfyUI's input folder and refresh.")
-        source = FrameSource(path)
+        reader = VideoReader(path)
         out_dir = host.output_dir()
         target, subfolder = _next_output(out_dir, filename_prefix, ".mp4")
-        with FrameWriter(target, fps=source.fps) as writer:
-            run_session(model, memory, source, len(source) or None, processing_size, keep_luminance, key_batch,
-                        lambda result: writer.write(result.rgb))
+        colorize_video(model, memory, reader, target, (processing_size, keep_luminance, key_batch), 18)
         ui = {"images": [{"filename": target.name, "subfolder": subfolder, "type": "output"}], "animated": [True]}
         return {"ui": ui, "result": (str(target),)}
 
@@ -60,3 +165,4 @@ def _next_output(out_dir, prefix: str, suffix: str):
         counter += 1
     subfolder = str(folder.relative_to(out_dir)) if folder != out_dir else ""
     return folder / f"{stem}_{counter:05d}_{suffix}", subfolder
+

@@ -9,7 +9,8 @@ from . import golden
 from .plugin import load_plugin, submodule
 
 NODE_IDS = ["ColorMNetModelLoader", "ColorMNetDownloadModel", "ColorMNetLoadExemplar", "ColorMNetEncode",
-            "ColorMNetMemory", "ColorMNetColorize", "ColorMNetColorizeVideo"]
+            "ColorMNetMemory", "ColorMNetColorize", "ColorMNetColorizeVideo",
+            "ColorMNetVideo"]
 
 
 @pytest.fixture(scope="module")

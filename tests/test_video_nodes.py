@@ -1,0 +1,123 @@
+"""The VIDEO nodes called directly (no server): VIDEO in (the standalone stand-in for Load Video's),
+H.264 VIDEO out with the source's audio, nothing left behind on bad input or Cancel."""
+
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from .clips import make_clip, probe
+from .plugin import load_plugin, submodule
+
+
+@pytest.fixture(scope="module")
+def nodes():
+    return load_plugin().NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture()
+def folders(tmp_path, monkeypatch, golden_checkpoint):
+    host = submodule("nodes.host")
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "fixture.safetensors").symlink_to(golden_checkpoint)
+    monkeypatch.setenv("COLORMNET_MODELS_DIR", str(models))
+    for name in ("input", "output", "temp"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setattr(host, "temp_dir", lambda: tmp_path / "temp")
+    monkeypatch.setattr(host, "output_dir", lambda: tmp_path / "output")
+    monkeypatch.setattr(host, "input_dir", lambda: tmp_path / "input")
+    monkeypatch.setattr(host, "annotated_input_path", lambda name: tmp_path / "input" / name)
+    return tmp_path
+
+
+def memory_for(nodes, size=(64, 48)):
+    (model,) = nodes["ColorMNetModelLoader"]().load("fixture.safetensors", "fp32")
+    exemplar = torch.rand(1, size[1], size[0], 3)
+    (exemplars,) = nodes["ColorMNetLoadExemplar"]().add(exemplar, 0)
+    (encoded,) = nodes["ColorMNetEncode"]().encode(model, exemplars)
+    (memory,) = nodes["ColorMNetMemory"]().build(encoded, 5, 5, 10, 128, 10000, 30, True, True)
+    return model, memory
+
+
+def test_video_node_takes_and_returns_comfyui_video(nodes):
+    video_node = nodes["ColorMNetVideo"]
+    spec = video_node.INPUT_TYPES()["required"]
+    assert spec["video"][0] == "VIDEO" and video_node.RETURN_TYPES == ("VIDEO",)
+    assert spec["crf"][1]["default"] == 18 and "Save Video" in video_node.DESCRIPTION
+    assert load_plugin().NODE_DISPLAY_NAME_MAPPINGS["ColorMNetVideo"] == "ColorMNet Colorize Video"
+    assert nodes["ColorMNetColorizeVideo"].DEPRECATED is True          # kept for saved workflows
+
+
+def test_video_node_refuses_a_renamed_image_and_leaves_nothing(nodes, folders):
+    cv2.imwrite(str(folders / "still.png"), np.zeros((48, 64, 3), np.uint8))
+    shutil.copy(folders / "still.png", folders / "input" / "film.mp4")
+    video = submodule("nodes.video")
+    errors = submodule("colormnet_core.errors")
+    with pytest.raises(errors.InputError, match="film.mp4 is a single PNG image, not a video"):
+        nodes["ColorMNetVideo"]().colorize(None, None, video.VideoFile(folders / "input" / "film.mp4"),
+                                           "official (no resize)", True, 2)
+    assert list((folders / "temp").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_video_node_writes_h264_with_the_source_audio(nodes, folders):
+    clip = make_clip(folders / "input" / "film.mp4", frames=5, fps=10, audio_seconds=0.5)
+    video = submodule("nodes.video")
+    model, memory = memory_for(nodes)
+    out = nodes["ColorMNetVideo"]().colorize(model, memory, video.VideoFile(clip), "official (no resize)", True, 2)
+    (result,) = out["result"]
+    assert isinstance(result, video.VideoFile) and result.path.parent == folders / "temp"
+    assert out["ui"] == {"images": [{"filename": result.path.name, "subfolder": "", "type": "temp"}],
+                         "animated": [True]}
+    before, after = probe(clip), probe(result.path)
+    assert after["video_codec"] == "h264" and after["pix_fmt"] == "yuv420p" and after["frames"] == 5
+    assert after["audio_codec"] == "aac" and after["audio_bytes"] == before["audio_bytes"]
+    assert after["times"] == pytest.approx(before["times"], abs=1e-6)
+    assert [p.name for p in (folders / "temp").iterdir()] == [result.path.name]
+    # What Save Video does with it (standalone stand-in: a copy); the file plays back in colour.
+    result.save_to(folders / "output" / "saved.mp4")
+    frame = next(iter(video.open_video(video.VideoFile(folders / "output" / "saved.mp4"))))
+    assert frame.shape == (3, 48, 64) and (frame[0].float() - frame[2].float()).abs().mean() > 1
+
+
+@pytest.mark.slow
+def test_cancel_mid_video_leaves_no_file(nodes, folders, monkeypatch):
+    clip = make_clip(folders / "input" / "film.mp4", frames=8, fps=10)
+    host, video = submodule("nodes.host"), submodule("nodes.video")
+    errors = submodule("colormnet_core.errors")
+    model, memory = memory_for(nodes)
+    polls = []
+
+    def interrupted():   # the user presses Cancel while the third frame is being read
+        polls.append(1)
+        return len(polls) > 2
+
+    monkeypatch.setattr(host, "interrupted", interrupted)
+    with pytest.raises(errors.Cancelled, match=r"cancelled after \d+ frames"):
+        nodes["ColorMNetVideo"]().colorize(model, memory, video.VideoFile(clip), "official (no resize)", True, 1)
+    assert list((folders / "temp").iterdir()) == []
+    # The deprecated file node: same writer, nothing in output/ either.
+    polls.clear()
+    with pytest.raises(errors.Cancelled):
+        nodes["ColorMNetColorizeVideo"]().colorize(model, memory, "film.mp4", "colormnet/film",
+                                                   "official (no resize)", True, 1)
+    assert [p for p in (folders / "output").rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.slow
+def test_deprecated_file_node_writes_h264_with_audio_into_output(nodes, folders):
+    clip = make_clip(folders / "input" / "film.mp4", frames=4, fps=10, audio_seconds=0.4)
+    model, memory = memory_for(nodes)
+    out = nodes["ColorMNetColorizeVideo"]().colorize(model, memory, "film.mp4", "colormnet/film",
+                                                     "official (no resize)", True, 2)
+    path = folders / "output" / "colormnet" / "film_00001_.mp4"
+    assert out["result"] == (str(path),) and out["ui"]["images"][0]["subfolder"] == "colormnet"
+    after = probe(path)
+    assert after["video_codec"] == "h264" and after["frames"] == 4 and after["audio_codec"] == "aac"
+    assert abs(after["duration"] - probe(clip)["duration"]) < 1 / 10
+    assert sorted(p.name for p in path.parent.iterdir()) == ["film_00001_.mp4"]
