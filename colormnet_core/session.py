@@ -271,6 +271,9 @@ class ColorizeSession:
         """Whether frame `index` (about to be read) starts a new shot; feeds the "auto" detector."""
         if self._detector is not None and self._detector.push(frame):
             self._starts.add(index)
+        if self._shots is not None and index > self._shots[-1].last:
+            raise InputError(f"the video has more frames than the shots cover (0-{self._shots[-1].last}); "
+                             f"make the last shot end at the video's last frame.")
         return index > 0 and index in self._starts
 
     def _annotate(self, result: ColorizedFrame) -> ColorizedFrame:

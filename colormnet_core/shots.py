@@ -12,13 +12,13 @@ Signals, on the frame's luminance (BT.601 weights) area-averaged to `grid` pixel
   difference of the downsized frames (in [0, 1]; sees cuts between shots of similar tones). A new
   shot starts at t when s(t) >= threshold and s(t) >= cut_ratio times the mean s of the frames
   before it in the same shot (so a fast pan or noisy footage, whose s is high everywhere, does not
-  cut on every frame).
+  cut on every frame). A cut closer than min_shot_length to the last start is dropped.
 * cross-fade: a dissolve changes every frame a little, so no single s(t) is large, but over
   `fade_window` frames the histogram moves as far as at a cut. A new shot starts at t when
   H(t, r) >= fade_threshold, with r = max(t - fade_window, floor) and floor = the last shot start
-  (plus fade_window // 2 after a cross-fade, so the rest of that dissolve cannot trigger again).
-  The boundary therefore falls inside the dissolve, where it has gone about fade_threshold of
-  the way.
+  (plus fade_window after a cross-fade, so the rest of that dissolve cannot trigger again; a
+  dissolve longer than fade_window frames may therefore give two boundaries). The boundary falls
+  inside the dissolve, where its histogram has moved fade_threshold of the way.
 Both are causal: `push(frame t)` decides about frame t from frames <= t, so a streaming consumer
 knows a cut one frame after the previous shot's last frame. Boundaries closer than
 `min_shot_length` frames to the previous shot start are ignored. The detector keeps one downsized
@@ -108,22 +108,25 @@ class ShotDetector:
         if self._previous is not None and small.shape != self._previous.shape:
             raise InputError(f"frame {t} is {tuple(frame.shape[-2:])} but earlier frames differ in size; "
                              f"all frames of a video must have one size.")
-        new_shot = False
+        new_shot = cut = False
         if self._previous is not None:
             _, previous_histogram = self._histograms[-1]
             score = max(_histogram_distance(histogram, previous_histogram),
                         2 * (small - self._previous).abs().mean().item())
             allowed = t - self.starts[-1] >= cfg.min_shot_length
             recent = sum(self._scores) / len(self._scores) if self._scores else 0.0
-            if allowed and score >= cfg.threshold and score >= cfg.cut_ratio * recent:
-                new_shot, self._floor = True, t
+            if score >= cfg.threshold and score >= cfg.cut_ratio * recent:
+                # A cut too close to the last one is dropped, and no cross-fade comparison spans it
+                # (it would report the same cut a few frames later).
+                new_shot, cut, self._floor = allowed, True, max(self._floor, t)
             elif allowed and t > self._floor:
                 reference = next(h for i, h in self._histograms if i >= max(t - cfg.fade_window, self._floor))
                 if _histogram_distance(histogram, reference) >= cfg.fade_threshold:
-                    new_shot, self._floor = True, t + cfg.fade_window // 2
+                    new_shot, self._floor = True, t + cfg.fade_window
             if new_shot:
                 self.starts.append(t)
-                self._scores.clear()
+            if new_shot or cut:
+                self._scores.clear()     # the recent-score baseline belongs to the new take
             else:
                 self._scores.append(score)
         self._previous = small
@@ -163,6 +166,9 @@ def validate_shots(shots: Sequence[Shot | Sequence[int]], total: int | None = No
         if shot.last < shot.first:
             raise InputError(f"shot {i} ({shot.first}-{shot.last}) ends before it starts; write FIRST-LAST "
                              f"with FIRST <= LAST.")
+        if i == 0 and shot.first != 0:
+            raise InputError(f"the first shot starts at frame {shot.first}; shots must start at frame 0 "
+                             f"and cover the whole video, e.g. 0-119,120-300.")
         if shot.first != expected:
             what = "a gap" if shot.first > expected else "an overlap"
             raise InputError(f"shot {i} starts at frame {shot.first} but the previous shot ends at frame "
