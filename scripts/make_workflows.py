@@ -131,16 +131,15 @@ class Graph:
                 "groups": [], "config": {}, "extra": {"ds": {"scale": 0.75, "offset": [0, 0]}}, "version": 0.4}
 
 
-def colorize_chain(g: Graph, exemplars: int, frames=None, streaming=False, size="480"):
+def colorize_chain(g: Graph, exemplars: int, frames=None, video=None, size="480"):
     model = g.add("ColorMNetModelLoader", checkpoint=CHECKPOINT, precision="auto")
     encoded = g.add("ColorMNetEncode", model=(model, 0), exemplars=(exemplars, 0))
     memory = g.add("ColorMNetMemory", encoded=(encoded, 0), mem_every=5, min_mid_term_frames=5,
                    max_mid_term_frames=10, num_prototypes=128, max_long_term_elements=10000, top_k=30,
                    long_term=True, permanent_exemplars=True)
     common = {"processing_size": size, "keep_luminance": True, "key_batch": 4}
-    if streaming:
-        return g.add("ColorMNetColorizeVideo", model=(model, 0), memory=(memory, 0), video=VIDEO,
-                     filename_prefix="colormnet/long_video", **common)
+    if video is not None:   # a VIDEO socket: streamed one frame at a time, sound kept
+        return g.add("ColorMNetVideo", model=(model, 0), memory=(memory, 0), video=video, **common, crf=18)
     return g.add("ColorMNetColorize", model=(model, 0), memory=(memory, 0), frames=frames, **common)
 
 
@@ -198,10 +197,13 @@ def image_model_exemplar(defs):
 
 
 def long_video(defs):
+    """Load Video -> ColorMNet Colorize Video (frame by frame, flat memory, sound kept) -> Save Video."""
     g = Graph(defs)
+    clip = g.add("LoadVideo", file=VIDEO)
     image = g.add("LoadImage", "Exemplar: colour version of frame 0", image=EXEMPLAR)
     ex = g.add("ColorMNetLoadExemplar", image=(image, 0), frame=0)
-    colorize_chain(g, ex, streaming=True)
+    out = colorize_chain(g, ex, video=(clip, 0))
+    g.add("SaveVideo", video=(out, 0), filename_prefix="colormnet/long_video", format="auto", codec="auto")
     return g
 
 
