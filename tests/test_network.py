@@ -13,7 +13,7 @@ from colormnet_core.backbones import build_dinov2_vits14, dinov2_intermediate_la
 from colormnet_core.checkpoint import ours_to_official, read_state_dict
 from colormnet_core.color import normalize_lab, rgb_to_lab
 from colormnet_core.config import MemoryConfig
-from colormnet_core.memory import MFPMemory
+from colormnet_core.memory import MFPMemory, similarity
 from colormnet_core.network import ColorMNet
 
 from . import golden
@@ -63,7 +63,10 @@ def reproduced(golden_network):
         readout = memory.read(key1.key, key1.selection)
         weights = net.local_attention.attention_weights(key1.key, key0.key)
         short = net.read_short_term(key1.key, key0.key, value0)
-        ab, out = net.decode(key1.features, readout + short, hidden0, update_hidden=True)
+        # Each stage from the official inputs of that stage: a top-k near-tie in the readout (below)
+        # must not hide a decoder error behind its own spread.
+        ab, out = net.decode(key1.features, ref["f1.match_memory.readout"].view(1, 2, 512, 14, 21) + short,
+                             hidden0, update_hidden=True)
     return {
         "f0.encode_key.key": key0.key, "f0.encode_key.shrinkage": key0.shrinkage,
         "f0.encode_key.selection": key0.selection, "f0.encode_value.value": value0,
@@ -77,13 +80,32 @@ def reproduced(golden_network):
     }
 
 
+TIE_GAP = 1e-5   # 30th vs 31st similarity closer than this: float32 drift in the keys may flip the choice
+
+
 def test_every_fixture_intermediate_is_reproduced(reproduced):
     ref = golden.intermediates()
     checked = set()
     for name, tensor in reproduced.items():
-        close(tensor, ref[name], name)
+        if name != "f1.match_memory.readout":
+            close(tensor, ref[name], name)
         checked.add(name)
     assert checked == set(ref) - {"f0.encode_value.in_masks", "f1.encode_key.input"}
+
+
+def test_memory_readout_matches_except_at_top_k_near_ties(reproduced):
+    """The readout matches everywhere but at query pixels whose 30th and 31st memory similarities are a
+    float32 near-tie (measured here: 1.2e-6 apart at one pixel of 294), where either choice is right."""
+    ref = golden.intermediates()["f1.match_memory.readout"]
+    ours = reproduced["f1.match_memory.readout"].reshape(ref.shape).float()
+    bad = ((ours - ref).abs() > 5e-5 + 1e-4 * ref.abs()).flatten(0, 1).any(dim=0).flatten()   # per query pixel
+    key0, key1 = reproduced["f0.encode_key.key"], reproduced["f1.encode_key.key"]
+    sim = similarity(key0.flatten(2), reproduced["f0.encode_key.shrinkage"].flatten(2), key1.flatten(2),
+                     reproduced["f1.encode_key.selection"].flatten(2))[0]
+    ranked = sim.sort(dim=0, descending=True).values
+    tie = (ranked[29] - ranked[30]) < TIE_GAP
+    assert not (bad & ~tie).any(), f"readout differs at pixels without a near-tie: {(bad & ~tie).nonzero().flatten()}"
+    assert bad.sum() <= 2 and tie.sum() <= 2
 
 
 def hub_rule_reference(vit, x, layers=(8, 9, 10, 11)):
