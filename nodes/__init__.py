@@ -6,6 +6,7 @@ from .colorize import ColorMNetColorize
 from .exemplars import ColorMNetEncode, ColorMNetLoadExemplar
 from .memory import ColorMNetMemory
 from .model import ColorMNetDownloadModel, ColorMNetModelLoader
+from .shots import ColorMNetDetectShots
 from .video import ColorMNetColorizeVideo, ColorMNetVideo
 
 NODE_CLASS_MAPPINGS = {
@@ -17,6 +18,7 @@ NODE_CLASS_MAPPINGS = {
     "ColorMNetColorize": ColorMNetColorize,
     "ColorMNetColorizeVideo": ColorMNetColorizeVideo,
     "ColorMNetVideo": ColorMNetVideo,
+    "ColorMNetDetectShots": ColorMNetDetectShots,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -28,4 +30,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ColorMNetColorize": "ColorMNet Colorize",
     "ColorMNetColorizeVideo": "ColorMNet Colorize Video File (deprecated)",
     "ColorMNetVideo": "ColorMNet Colorize Video",
+    "ColorMNetDetectShots": "ColorMNet Detect Shots",
 }

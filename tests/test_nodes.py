@@ -9,7 +9,7 @@ from . import golden
 from .plugin import load_plugin, submodule
 
 NODE_IDS = ["ColorMNetModelLoader", "ColorMNetDownloadModel", "ColorMNetLoadExemplar", "ColorMNetEncode",
-            "ColorMNetMemory", "ColorMNetColorize", "ColorMNetColorizeVideo",
+            "ColorMNetMemory", "ColorMNetColorize", "ColorMNetColorizeVideo", "ColorMNetDetectShots",
             "ColorMNetVideo"]
 
 
@@ -92,12 +92,12 @@ def test_colorize_chain_runs_on_the_fixture_checkpoint(nodes, models_dir):
     (encoded,) = nodes["ColorMNetEncode"]().encode(model, exemplars)
     (memory,) = nodes["ColorMNetMemory"]().build(encoded, 5, 5, 10, 128, 10000, 30, True, True)
     frames_before = frames.clone()
-    (out,) = nodes["ColorMNetColorize"]().colorize(model, memory, frames, "360", True, 2)
+    out = nodes["ColorMNetColorize"]().colorize(model, memory, frames, "360", True, 2)[0]
     assert out.shape == frames.shape and out.dtype == torch.float32
     assert torch.equal(frames, frames_before)                           # inputs never modified
     assert out.min() >= 0 and out.max() <= 1 and (out[..., 0] - out[..., 2]).abs().mean() > 0.01
     # The same memory seed gives the same result again (each run builds a fresh session).
-    (again,) = nodes["ColorMNetColorize"]().colorize(model, memory, frames, "360", True, 2)
+    again = nodes["ColorMNetColorize"]().colorize(model, memory, frames, "360", True, 2)[0]
     assert torch.equal(out, again)
 
 
