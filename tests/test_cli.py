@@ -13,6 +13,7 @@ from colormnet_core.color import rgb_to_lab
 from colormnet_core.video_io import FrameSource, read_image
 
 from . import golden
+from .clips import make_clip, probe
 
 BLACKSWAN = golden.BLACKSWAN
 
@@ -62,3 +63,53 @@ def test_frame_source_reads_folders_in_name_order_and_skips_hidden_files(tmp_pat
     assert source.names == ["a", "b"] and source.count == 2
     assert [int(f[0, 0, 0]) for f in source] == [ord("a"), ord("b")]
     assert torch.equal(read_image(tmp_path / "a.png"), next(iter(source)))
+
+
+def run_cli(tmp_path, source, output, checkpoint, *extra):
+    exemplar = tmp_path / "exemplar.png"
+    if not exemplar.exists():
+        import cv2
+        import numpy as np
+
+        cv2.imwrite(str(exemplar), np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    cmd = [sys.executable, "-m", "colormnet_core", "colorize", "--input", str(source), "--exemplar", f"{exemplar}@0",
+           "--output", str(output), "--checkpoint", str(checkpoint), "--device", "cpu", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=golden.REPO)
+
+
+@pytest.mark.slow
+def test_cli_mp4_with_audio_gives_h264_with_the_same_audio(tmp_path, golden_checkpoint):
+    clip = make_clip(tmp_path / "film.mp4", frames=6, fps=12, audio_seconds=0.5)
+    result = run_cli(tmp_path, clip, tmp_path / "out.mp4", golden_checkpoint)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "6 frames" in result.stderr and "audio aac copied" in result.stderr
+    before, after = probe(clip), probe(tmp_path / "out.mp4")
+    assert after["video_codec"] == "h264" and after["pix_fmt"] == "yuv420p" and after["frames"] == 6
+    assert after["audio_codec"] == "aac" and after["audio_bytes"] == before["audio_bytes"]
+    assert abs(after["duration"] - before["duration"]) < 1 / 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exemplar.png", "film.mp4", "out.mp4"]
+
+
+@pytest.mark.slow
+def test_cli_webm_without_duration_gives_the_full_output(tmp_path, golden_checkpoint):
+    clip = make_clip(tmp_path / "recording.webm", frames=7, fps=10, video_codec="libvpx", audio_codec="libopus",
+                     audio_seconds=0.7, live=True)
+    assert probe(clip)["duration"] is None
+    result = run_cli(tmp_path, clip, tmp_path / "out.mp4", golden_checkpoint)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = probe(tmp_path / "out.mp4")
+    assert after["frames"] == 7 and after["audio_codec"] == "opus" and abs(after["duration"] - 0.7) < 0.1
+
+
+def test_cli_refuses_an_image_renamed_mp4_with_one_message_and_no_output(tmp_path, golden_checkpoint):
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(tmp_path / "film.mp4.png"), np.zeros((48, 64, 3), np.uint8))
+    (tmp_path / "film.mp4.png").rename(tmp_path / "film.mp4")
+    result = run_cli(tmp_path, tmp_path / "film.mp4", tmp_path / "out.mp4", golden_checkpoint)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'film.mp4'} is a single PNG image, not a video (renamed?). Give a video file or a "
+        f"folder of frames; an image can be an exemplar."]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exemplar.png", "film.mp4"]
