@@ -1,10 +1,11 @@
-"""Command line: `python -m colormnet_core {colorize,convert} ...` (see --help)."""
+"""Command line: `python -m colormnet_core {colorize,download,convert} ...` (see --help)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from .errors import ColorMNetError
 
@@ -23,6 +24,26 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _download(args: argparse.Namespace) -> int:
+    from .download import LICENSE_NOTICE, default_weights_dir, download_official
+
+    folder = Path(args.dir) if args.dir else default_weights_dir()
+    if not args.accept_license:
+        print(f"error: {LICENSE_NOTICE} Run again with --accept-license to accept it and download.", file=sys.stderr)
+        return 2
+    print(LICENSE_NOTICE, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        if total:
+            print(f"\r{done / 2**20:7.1f} / {total / 2**20:.1f} MiB", end="", file=sys.stderr, flush=True)
+
+    path = download_official(folder, accept_license=args.accept_license, hf_repo_id=args.hf_repo,
+                             progress=progress)
+    print(file=sys.stderr)
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .cli import add_colorize_parser
 
@@ -38,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--force", action="store_true", help="overwrite an existing output")
     conv.add_argument("--dtype", choices=["keep", "float32", "float16"], default="keep")
     conv.set_defaults(handler=_convert)
+    down = sub.add_parser("download", help="download the official weights once (CC BY-NC-SA 4.0)",
+                          description="Download the official ColorMNet checkpoint, convert it to .safetensors and "
+                                      "record its sha256. The weights are licensed CC BY-NC-SA 4.0 by their "
+                                      "authors: no commercial use.")
+    down.add_argument("--accept-license", action="store_true", help="accept the weights' CC BY-NC-SA 4.0 licence")
+    down.add_argument("--dir", default=None, help="target folder (default: $COLORMNET_HOME or ~/.cache/colormnet)")
+    down.add_argument("--hf-repo", default=None, metavar="OWNER/NAME",
+                      help="download from this Hugging Face repo instead of the GitHub release")
+    down.set_defaults(handler=_download)
     return parser
 
 

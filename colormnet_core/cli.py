@@ -51,7 +51,8 @@ def add_colorize_parser(subparsers) -> None:
                    help="colour exemplar; repeat for several")
     p.add_argument("--output", required=True,
                    help="output video (.mp4, .mkv, .mov: H.264 with the source's audio) or folder for PNG frames")
-    p.add_argument("--checkpoint", required=True, help=".pth or .safetensors ColorMNet checkpoint")
+    p.add_argument("--checkpoint", default=None,
+                   help=".pth or .safetensors ColorMNet checkpoint (default: the weights `download` fetched)")
     p.add_argument("--size", default=None,
                    help="processing size: 480 (short side), long:854, 0.5mp; default: official (no resize)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -84,6 +85,9 @@ def add_colorize_parser(subparsers) -> None:
 
 def run_colorize(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
+    from .download import find_checkpoint
+
+    checkpoint = find_checkpoint(args.checkpoint)   # first: without weights nothing else matters
 
     memory = MemoryConfig(
         mem_every=args.mem_every, top_k=args.top_k, min_mid_term_frames=args.min_mid_term_frames,
@@ -102,7 +106,7 @@ def run_colorize(args: argparse.Namespace) -> int:
         source.require_frame(shots[-1].last)
     writer = FrameWriter(args.output, names=source.names, source=source, crf=args.crf, overwrite=args.overwrite)
     device = pick_device(args.device)
-    network = load_model(args.checkpoint, device=device)
+    network = load_model(checkpoint, device=device)
     session = ColorizeSession(network, exemplars, memory, size=size, device=device, precision=args.dtype,
                               key_batch=args.key_batch, compile=args.compile, shots=shots)
     total = source.estimated_count

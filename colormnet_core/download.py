@@ -189,3 +189,30 @@ def download_official(
     finally:
         raw.unlink(missing_ok=True)
     return target
+
+
+def default_weights_dir() -> Path:
+    """Where the command line keeps downloaded weights: $COLORMNET_HOME, else ~/.cache/colormnet."""
+    import os
+
+    return Path(os.environ.get("COLORMNET_HOME") or Path.home() / ".cache" / "colormnet")
+
+
+def find_checkpoint(explicit: str | Path | None = None) -> Path:
+    """The checkpoint to use: `explicit` if given (it must exist), else the official weights in
+    `default_weights_dir()` (.safetensors from `python -m colormnet_core download`, or the .pth put there
+    by hand). CheckpointError saying how to get them when there are none (nothing is downloaded here)."""
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint not found: {path}. Pass the path of {OFFICIAL_FILENAME} (or its "
+                                  f".safetensors), or leave --checkpoint out to use the downloaded weights.")
+        return path
+    folder = default_weights_dir()
+    for name in (SAFETENSORS_NAME, OFFICIAL_FILENAME):
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(
+        f"no ColorMNet checkpoint found in {folder}. Download the official weights once with "
+        f"`python -m colormnet_core download --accept-license` (needs a network connection; licence "
+        f"{WEIGHTS_LICENSE}), or put {OFFICIAL_FILENAME} there yourself ({OFFICIAL_URL}), or pass --checkpoint PATH.")
