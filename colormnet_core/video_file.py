@@ -302,11 +302,49 @@ class _AudioCopy:
         self.container.close()
 
 
+class _WaveformAudio:
+    """Encodes an in-memory waveform (`C x T` float in [-1, 1], e.g. ComfyUI's AUDIO) to AAC, interleaved
+    with the video as it is written."""
+
+    def __init__(self, waveform: Tensor, sample_rate: int, output) -> None:
+        wave = waveform.detach().float().clamp(-1, 1).cpu().numpy()
+        self.wave = np.ascontiguousarray(wave[:2] if wave.shape[0] > 2 else wave)   # AAC here: mono or stereo
+        if wave.shape[0] > 2:
+            log.warning("the audio has %d channels; its first two are kept (stereo)", wave.shape[0])
+        self.rate = int(sample_rate)
+        self.layout = "mono" if self.wave.shape[0] == 1 else "stereo"
+        self.out = output.add_stream("aac", rate=self.rate)
+        self.out.layout, self.out.format = self.layout, "fltp"
+        self.output = output
+        self.transcoded_from = "pcm"
+        self.position = 0
+
+    def mux_until(self, seconds: float | None) -> None:
+        total = self.wave.shape[1]
+        end = total if seconds is None else min(total, int(seconds * self.rate) + 1)
+        while self.position < end:
+            count = min(4096, end - self.position)
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(self.wave[:, self.position:self.position + count]), format="fltp",
+                layout=self.layout)
+            frame.sample_rate, frame.pts, frame.time_base = self.rate, self.position, Fraction(1, self.rate)
+            self.output.mux(self.out.encode(frame))
+            self.position += count
+
+    def finish(self) -> None:
+        self.mux_until(None)
+        self.output.mux(self.out.encode(None))
+
+    def close(self) -> None:
+        pass
+
+
 class VideoWriter:
     """Encodes RGB frames into an H.264 yuv420p file (.mp4, .m4v, .mov or .mkv) at `path`.
 
     fps: nominal rate; time_base: the timestamps' unit (the source's, so its timing is kept);
-    audio_from: a `VideoReader` whose audio is copied; crf: x264 quality (0 lossless, 18 visually
+    audio_from: a `VideoReader` whose audio is copied; audio_waveform: (`C x T` float waveform, sample
+    rate) encoded to AAC instead, for sound held in memory; crf: x264 quality (0 lossless, 18 visually
     lossless, 23 default). Frames are written to `<stem>.partial-<id><suffix>` beside `path`, which
     is renamed to `path` by `close()`. `abort()` (or leaving a `with` block by an exception) deletes
     it: a colorization cannot be resumed from a partial file, so it would only be a cut-short video
@@ -316,7 +354,8 @@ class VideoWriter:
     """
 
     def __init__(self, path: str | Path, *, fps: Fraction | float = DEFAULT_FPS, time_base: Fraction | None = None,
-                 audio_from: VideoReader | None = None, crf: int = 18, overwrite: bool = False) -> None:
+                 audio_from: VideoReader | None = None, audio_waveform: tuple[Tensor, int] | None = None,
+                 crf: int = 18, overwrite: bool = False) -> None:
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in H264_CONTAINERS:
@@ -331,6 +370,7 @@ class VideoWriter:
         self.fps = Fraction(fps).limit_denominator(1_000_000)
         self.time_base = time_base or 1 / self.fps
         self.audio_from = audio_from
+        self.audio_waveform = audio_waveform
         self.crf = crf
         self.count = 0
         self.padded: tuple[int, int] | None = None
@@ -339,7 +379,7 @@ class VideoWriter:
         self.partial = self.path.with_name(f"{self.path.stem}.partial-{uuid.uuid4().hex[:8]}{self.path.suffix}")
         self._output = None
         self._stream = None
-        self._audio: _AudioCopy | None = None
+        self._audio: _AudioCopy | _WaveformAudio | None = None
         self._last_pts = -1
 
     def _start(self, height: int, width: int) -> None:
@@ -364,6 +404,9 @@ class VideoWriter:
         self._stream = stream
         if self.audio_from is not None and self.audio_from.audio is not None:
             self._audio = _AudioCopy(self.audio_from, self._output, self.muxer)
+        elif self.audio_waveform is not None:
+            self._audio = _WaveformAudio(*self.audio_waveform, self._output)
+        if self._audio is not None:
             self.audio_transcoded_from = self._audio.transcoded_from
 
     def write(self, rgb: Tensor, pts: int | None = None) -> None:

@@ -55,14 +55,49 @@ def video_source(video):
 
 
 def open_video(video):
-    """A `VideoReader` on a VIDEO input; InputError (with what to do) when it is no readable video."""
+    """A frame source for a VIDEO input: a `VideoReader` on its file (InputError, with what to do, when it
+    is no readable video), or `InMemoryVideo` for a VIDEO built from frames (e.g. Create Video)."""
     from ..colormnet_core.video_file import VideoReader
 
     source = video_source(video)
-    if source is None:
-        raise InputError(f"this VIDEO ({type(video).__name__}) holds frames in memory, not a file; connect "
-                         f"Load Video directly, or use ColorMNet Colorize on an IMAGE batch.")
-    return VideoReader(source)
+    if source is not None:
+        return VideoReader(source)
+    if not hasattr(video, "get_components"):
+        raise InputError(f"expected a VIDEO (from Load Video or Create Video), got {type(video).__name__}.")
+    return InMemoryVideo(video.get_components())
+
+
+class InMemoryVideo:
+    """A VIDEO whose frames are already in memory (IMAGE `T x H x W x 3`, float 0..1), with the surface of
+    `VideoReader` that `colorize_video` uses; its AUDIO, if any, is encoded to AAC."""
+
+    audio = None
+
+    def __init__(self, components) -> None:
+        from fractions import Fraction
+
+        self.images = components.images
+        if self.images.ndim != 4 or self.images.shape[0] == 0:
+            raise InputError(f"the VIDEO holds no frames (images of shape {tuple(self.images.shape)}); check the "
+                             f"node that made it.")
+        self.fps = Fraction(components.frame_rate).limit_denominator(1_000_000) or Fraction(25)
+        self.time_base = 1 / self.fps
+        self.estimated_frames = self.frame_count = self.images.shape[0]
+        sound = getattr(components, "audio", None)
+        self.waveform = (sound["waveform"][0], int(sound["sample_rate"])) if sound else None
+
+    def require_frame(self, index: int) -> None:
+        if index >= self.frame_count:
+            raise InputError(f"an exemplar is pinned to frame {index}, but the video has {self.frame_count} frames "
+                             f"(0-{self.frame_count - 1}); pin it to a frame that exists or use it as a reference "
+                             f"(frame -1).")
+
+    def timestamp(self, index: int) -> int:
+        return index
+
+    def __iter__(self):
+        for image in self.images:
+            yield image[..., :3].permute(2, 0, 1)
 
 
 def colorize_video(model, memory, reader, target: Path, size_options: tuple, crf: int):
@@ -72,7 +107,9 @@ def colorize_video(model, memory, reader, target: Path, size_options: tuple, crf
     pinned = memory.exemplars.pinned_frames
     if pinned:
         reader.require_frame(max(pinned))
-    with VideoWriter(target, fps=reader.fps, time_base=reader.time_base, audio_from=reader, crf=crf) as writer:
+    audio_from = reader if reader.audio is not None else None
+    with VideoWriter(target, fps=reader.fps, time_base=reader.time_base, audio_from=audio_from,
+                     audio_waveform=getattr(reader, "waveform", None), crf=crf) as writer:
         run_session(model, memory, reader, reader.estimated_frames, *size_options,
                     lambda result: writer.write(result.rgb, reader.timestamp(result.index)))
     return writer

@@ -140,3 +140,17 @@ def _remux(source, target, options):
                 packet.stream = stream
                 dst.mux(packet)
 
+
+
+def test_sound_held_in_memory_is_encoded_to_aac(tmp_path):
+    rate = 16000
+    wave = torch.sin(torch.arange(rate) / rate * 2 * torch.pi * 440)[None].repeat(2, 1) * 0.3   # 1 s stereo
+    with VideoWriter(tmp_path / "out.mp4", fps=10, audio_waveform=(wave, rate)) as writer:
+        for i in range(10):
+            writer.write(torch.full((3, 48, 64), i * 20, dtype=torch.uint8))
+    after = probe(tmp_path / "out.mp4")
+    assert writer.audio_transcoded_from == "pcm" and after["audio_codec"] == "aac" and after["frames"] == 10
+    assert abs(after["duration"] - 1.0) < 0.1
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        decoded = np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
+    assert decoded.shape[0] == 2 and abs(decoded.shape[1] - rate) < 2048 and 0.2 < np.abs(decoded).max() < 0.4

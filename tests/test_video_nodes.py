@@ -121,3 +121,20 @@ def test_deprecated_file_node_writes_h264_with_audio_into_output(nodes, folders)
     assert after["video_codec"] == "h264" and after["frames"] == 4 and after["audio_codec"] == "aac"
     assert abs(after["duration"] - probe(clip)["duration"]) < 1 / 10
     assert sorted(p.name for p in path.parent.iterdir()) == ["film_00001_.mp4"]
+
+
+@pytest.mark.slow
+def test_video_node_accepts_a_video_made_from_frames(nodes, folders):
+    from fractions import Fraction
+    from types import SimpleNamespace
+
+    class FramesVideo:   # the shape of ComfyUI's VideoFromComponents (Create Video's output)
+        def get_components(self):
+            audio = {"waveform": torch.zeros(1, 1, 8000).uniform_(-0.2, 0.2), "sample_rate": 16000}
+            return SimpleNamespace(images=torch.rand(3, 48, 64, 3), frame_rate=Fraction(6), audio=audio)
+
+    model, memory = memory_for(nodes)
+    out = nodes["ColorMNetVideo"]().colorize(model, memory, FramesVideo(), "official (no resize)", True, 2)
+    after = probe(out["result"][0].path)
+    assert after["frames"] == 3 and after["audio_codec"] == "aac" and after["video_codec"] == "h264"
+    assert after["times"] == pytest.approx([0, 1 / 6, 2 / 6], abs=1e-3)
