@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import torch
@@ -10,6 +11,7 @@ from ..colormnet_core.errors import Cancelled, ResolutionError
 from ..colormnet_core.preprocess import ProcessingSize
 from . import host
 from .memory import MemorySeed
+from .shots import plot_report, session_shots, shot_inputs
 from .tensors import to_bchw
 
 log = logging.getLogger(__name__)
@@ -35,8 +37,9 @@ def _size_inputs():
 
 
 def run_session(model, memory: MemorySeed, frames, total: int | None, size_choice: str, keep_luminance: bool,
-                key_batch: int, on_frame):
-    """Shared loop: device placement, progress, interruption, offload. Yields ColorizedFrame."""
+                key_batch: int, on_frame, *, shots=None):
+    """Shared loop: device placement, progress, interruption, offload; calls on_frame(ColorizedFrame).
+    shots: None (official), "auto" or a shot list. Returns the finished session (for its report)."""
     from ..colormnet_core.session import ColorizeSession
 
     device = host.torch_device()
@@ -46,7 +49,7 @@ def run_session(model, memory: MemorySeed, frames, total: int | None, size_choic
         session = ColorizeSession(
             network, memory.exemplars, memory.config, size=processing_size(size_choice), device=device,
             precision=model.autocast(device), key_batch=key_batch, output_device=host.intermediate_device(),
-            gamut="keep_luminance" if keep_luminance else "clip")
+            gamut="keep_luminance" if keep_luminance else "clip", shots=shots)
         for result in session.run(frames, should_stop=host.interrupted):
             on_frame(result)
             update(result.index + 1)
@@ -59,14 +62,21 @@ def run_session(model, memory: MemorySeed, frames, total: int | None, size_choic
             f"(e.g. 480 or 360) or a key_batch of 1.") from e
     finally:
         model.offload()
+    return session
 
 
 class ColorMNetColorize:
     CATEGORY = "ColorMNet"
     DESCRIPTION = ("Colorizes video frames (an IMAGE batch) from the exemplars in memory. Progress per frame; "
                    "Cancel stops within a frame.")
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("images",)
+    # New outputs go at the end so links in saved workflows keep their slots.
+    RETURN_TYPES = ("IMAGE", "IMAGE", "STRING")
+    RETURN_NAMES = ("images", "confidence_plot", "report")
+    OUTPUT_TOOLTIPS = ("The colorized frames.",
+                       "Match confidence per frame (cuts orange, frames that need an exemplar red): add exemplars "
+                       "where it drops.",
+                       "JSON: shots [[first, last], ...], confidence (one value per frame), needs_exemplar "
+                       "(frame indices).")
     FUNCTION = "colorize"
 
     @classmethod
@@ -76,14 +86,17 @@ class ColorMNetColorize:
             "memory": ("COLORMNET_MEMORY",),
             "frames": ("IMAGE", {"tooltip": "Video frames; only their luminance is used."}),
             **_size_inputs(),
-        }}
+        }, "optional": shot_inputs()}
 
-    def colorize(self, model, memory, frames, processing_size, keep_luminance, key_batch):
+    def colorize(self, model, memory, frames, processing_size, keep_luminance, key_batch,
+                 shots="none (official)", shot_list=None):
         batch = to_bchw(frames, "frames")
         out = torch.empty_like(frames, device=host.intermediate_device())
 
         def store(result):
             out[result.index] = result.rgb.permute(1, 2, 0)
 
-        run_session(model, memory, batch, batch.shape[0], processing_size, keep_luminance, key_batch, store)
-        return (out,)
+        session = run_session(model, memory, batch, batch.shape[0], processing_size, keep_luminance, key_batch,
+                              store, shots=session_shots(shots, shot_list, batch.shape[0]))
+        report = session.report()
+        return (out, plot_report(report, memory.exemplars.pinned_frames), json.dumps(report))
