@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from .errors import InputError
@@ -76,3 +77,15 @@ class MemoryConfig:
             top_k=int(options.get("top_k", 30)),
             permanent_exemplars=False,
         )
+
+
+def working_precision(precision: str, device_type: str) -> str:
+    """The autocast precision to use for `precision` ("float32", "bfloat16", "float16") on a device
+    type ("cpu", "cuda", "mps", ...). float16 on a CPU has no fast kernels (about 30x slower than
+    float32 there), so it becomes float32, with a warning that says so."""
+    if precision == "float16" and device_type == "cpu":
+        logging.getLogger(__name__).warning(
+            "ColorMNet: float16 (fp16) on the CPU would run about 30x slower than float32; using float32. "
+            "Choose float32/auto on a CPU, or run on a GPU for float16.")
+        return "float32"
+    return precision

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .color import denormalize_lab, fit_chroma_to_gamut, lab_to_rgb
 from .confidence import MemoryConfidence
-from .config import MemoryConfig
+from .config import MemoryConfig, working_precision
 from .errors import Cancelled, InputError
 from .exemplars import EncodedExemplars, PreparedExemplar
 from .memory import MemoryEventHook, MFPMemory
@@ -119,7 +119,7 @@ class ColorizeSession:
         self.memory_config = memory or MemoryConfig()
         self.size = size or ProcessingSize()
         self.device = torch.device(device) if device is not None else next(network.parameters()).device
-        self.amp_dtype = _AMP[precision]
+        self.amp_dtype = _AMP[working_precision(precision, self.device.type)]   # no fp16 on CPUs
         self.key_batch = key_batch
         self.output_device = torch.device(output_device)
         self.on_memory_event = on_memory_event

@@ -27,7 +27,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ColorMNetLoadExemplar": "ColorMNet Load Exemplar",
     "ColorMNetEncode": "ColorMNet Encode Exemplars",
     "ColorMNetMemory": "ColorMNet Memory",
-    "ColorMNetColorize": "ColorMNet Colorize",
+    "ColorMNetColorize": "ColorMNet Colorize (colourise)",
     "ColorMNetColorizeVideo": "ColorMNet Colorize Video File (deprecated)",
     "ColorMNetVideo": "ColorMNet Colorize Video",
     "ColorMNetDetectShots": "ColorMNet Detect Shots",

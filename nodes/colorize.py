@@ -7,33 +7,76 @@ import logging
 
 import torch
 
-from ..colormnet_core.errors import Cancelled, ResolutionError
+from ..colormnet_core.errors import Cancelled, InputError, ResolutionError
+from ..colormnet_core.exemplar_checks import check_exemplars
 from ..colormnet_core.preprocess import ProcessingSize
+from ..colormnet_core.resources import check_memory, estimate_colorize_memory
 from . import host
 from .memory import MemorySeed
+from .search import SEARCH_ALIASES
 from .shots import plot_report, session_shots, shot_inputs
 from .tensors import to_bchw
 
 log = logging.getLogger(__name__)
 
 
-SIZE_CHOICES = ["official (no resize)", "360", "480", "540", "720", "1080"]
+SIZE_CHOICES = ["official (no resize)", "240", "360", "480", "540", "720", "1080", "custom"]
+CUSTOM = "custom"
+MIN_CUSTOM_SIZE = 64
 
 
-def processing_size(choice: str) -> ProcessingSize:
+def processing_size(choice: str, custom_size: int | None = None) -> ProcessingSize:
+    """A processing_size choice ("official ...", a short side such as "480", or "custom" with
+    custom_size) -> ProcessingSize. A bare number is also accepted (what "custom" resolves to)."""
+    if choice == CUSTOM:
+        if custom_size is None or custom_size < MIN_CUSTOM_SIZE:
+            raise InputError(f"processing_size is custom but custom_size is {custom_size}; set custom_size to the "
+                             f"short side in pixels ({MIN_CUSTOM_SIZE} or more), or pick a listed size.")
+        return ProcessingSize("short_side", float(custom_size))
     return ProcessingSize() if not choice[:1].isdigit() else ProcessingSize("short_side", float(choice))
+
+
+
+def size_choice(choice: str, custom_size: int | None) -> str:
+    """The processing_size string run_session takes: "custom" becomes its number."""
+    processing_size(choice, custom_size)   # validates
+    return str(int(custom_size)) if choice == CUSTOM else choice
+
+
+def custom_size_input():
+    return {"custom_size": ("INT", {"default": 480, "min": MIN_CUSTOM_SIZE, "max": 4320, "step": 8, "tooltip":
+                                    "Short side in pixels when processing_size is 'custom' (ignored otherwise)."})}
 
 
 def _size_inputs():
     return {
-        "processing_size": (SIZE_CHOICES, {"default": "480", "tooltip": "Short side the network sees. Colour is "
-                            "computed at this size and laid over the full-resolution luminance. 'official' "
-                            "processes frames at their own size (slow and memory-hungry for HD)."}),
-        "keep_luminance": ("BOOLEAN", {"default": True, "tooltip": "Shrink out-of-gamut colours instead of "
-                           "clipping them, so the output's luminance is exactly the input's."}),
-        "key_batch": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Frames encoded per network call; "
-                      "lower it if the GPU runs out of memory."}),
+        "processing_size": (SIZE_CHOICES, {"default": "480", "tooltip": "Short side (pixels) the network works at; "
+                            "the colour is laid over the full-resolution frames, so output detail is kept. Lower "
+                            "(240/360): faster, less memory, broader colour edges. Higher: finer colour edges, "
+                            "slower. 'official': the frames' own size, as the paper (slow, memory-hungry for HD). "
+                            "'custom': use custom_size."}),
+        "keep_luminance": ("BOOLEAN", {"default": True, "tooltip": "On: colours too saturated to display are "
+                           "toned down, so the output's brightness is exactly the input's. Off: they are clipped "
+                           "(the official behaviour; may shift brightness slightly)."}),
+        "key_batch": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Frames prepared per network call. "
+                      "Higher: a little faster on GPUs. Lower it (down to 1) if memory runs out, for big frames "
+                      "or small GPUs."}),
     }
+
+
+def preflight(batch: torch.Tensor, memory: MemorySeed, size: str, key_batch: int) -> list[str]:
+    """Checks before any work on an in-memory batch `B x C x H x W`: raises when the run cannot fit in
+    RAM; returns (and logs) warnings - memory use over half of what is free, pinned exemplars that do
+    not match their frames (other aspect ratio, other picture)."""
+    count, height, width = batch.shape[0], batch.shape[-2], batch.shape[-1]
+    estimate = estimate_colorize_memory(count, height, width, key_batch=key_batch, size=processing_size(size))
+    warnings = []
+    memory_warning = check_memory(estimate, host.available_memory(), width=width, height=height)
+    if memory_warning:
+        log.warning("ColorMNet: %s", memory_warning)
+        warnings.append(memory_warning)
+    return warnings + check_exemplars(memory.exemplars.exemplars, intrinsic=False,
+                                      frame_at=lambda i: batch[i] if i < count else None)
 
 
 def run_session(model, memory: MemorySeed, frames, total: int | None, size_choice: str, keep_luminance: bool,
@@ -67,6 +110,7 @@ def run_session(model, memory: MemorySeed, frames, total: int | None, size_choic
 
 class ColorMNetColorize:
     CATEGORY = "ColorMNet"
+    SEARCH_ALIASES = SEARCH_ALIASES
     DESCRIPTION = ("Colorizes video frames (an IMAGE batch) from the exemplars in memory. Progress per frame; "
                    "Cancel stops within a frame.")
     # New outputs go at the end so links in saved workflows keep their slots.
@@ -86,17 +130,20 @@ class ColorMNetColorize:
             "memory": ("COLORMNET_MEMORY",),
             "frames": ("IMAGE", {"tooltip": "Video frames; only their luminance is used."}),
             **_size_inputs(),
-        }, "optional": shot_inputs()}
+        }, "optional": {**shot_inputs(), **custom_size_input()}, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def colorize(self, model, memory, frames, processing_size, keep_luminance, key_batch,
-                 shots="none (official)", shot_list=None):
+                 shots="none (official)", shot_list=None, custom_size=None, unique_id=None):
         batch = to_bchw(frames, "frames")
-        out = torch.empty_like(frames, device=host.intermediate_device())
+        size = size_choice(processing_size, custom_size)
+        host.show_text(unique_id, preflight(batch, memory, size, key_batch))
+        # Three channels out whatever came in (RGBA or grey frames give RGB colour).
+        out = torch.empty((*frames.shape[:3], 3), dtype=torch.float32, device=host.intermediate_device())
 
         def store(result):
             out[result.index] = result.rgb.permute(1, 2, 0)
 
-        session = run_session(model, memory, batch, batch.shape[0], processing_size, keep_luminance, key_batch,
+        session = run_session(model, memory, batch, batch.shape[0], size, keep_luminance, key_batch,
                               store, shots=session_shots(shots, shot_list, batch.shape[0]))
         report = session.report()
         return (out, plot_report(report, memory.exemplars.pinned_frames), json.dumps(report))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from ..colormnet_core.errors import InputError
+from ..colormnet_core.exemplar_checks import check_exemplars
 from ..colormnet_core.exemplars import EncodedExemplars, Exemplar
+from . import host
+from .search import SEARCH_ALIASES
 from .tensors import to_bchw
 
 NOT_A_FRAME = -1
@@ -25,9 +28,11 @@ def parse_frame_list(text: str, count: int) -> list[int]:
 
 class ColorMNetLoadExemplar:
     CATEGORY = "ColorMNet"
+    SEARCH_ALIASES = SEARCH_ALIASES
     DESCRIPTION = ("A colour exemplar: the colour version of one frame of the video (frame = its index, from 0), "
                    "or a reference picture that is not a frame (frame = -1). Chain several through 'exemplars' "
-                   "to pin colours at several frames; any size and aspect ratio works.")
+                   "to pin colours at several frames. A pinned exemplar should have the frames' aspect ratio (it "
+                   "is stretched to them); a reference may have any size. Greyscale or tiny images are flagged.")
     RETURN_TYPES = ("COLORMNET_EXEMPLARS",)
     RETURN_NAMES = ("exemplars",)
     FUNCTION = "add"
@@ -46,9 +51,10 @@ class ColorMNetLoadExemplar:
                 "batch_frames": ("STRING", {"default": "", "tooltip": "For an image batch: one frame index per "
                                             "image, comma-separated (e.g. 0, 120, 240). Empty: use 'frame'."}),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def add(self, image, frame, exemplars=None, batch_frames=""):
+    def add(self, image, frame, exemplars=None, batch_frames="", unique_id=None):
         images = to_bchw(image, "the exemplar image")
         if batch_frames.strip():
             frames = parse_frame_list(batch_frames, images.shape[0])
@@ -58,12 +64,15 @@ class ColorMNetLoadExemplar:
             raise InputError(f"the exemplar input is a batch of {images.shape[0]} images; set batch_frames to one "
                              f"frame index per image, or pick one image with Image From Batch.")
         added = tuple(Exemplar(img.clone(), None if f == NOT_A_FRAME else f) for img, f in zip(images, frames))
+        # Tiny or colourless images: legal, but say so here, on the node that holds them (and in the log).
+        host.show_text(unique_id, check_exemplars(added))
         # A new tuple: the upstream node's cached output is never modified.
         return (tuple(exemplars or ()) + added,)
 
 
 class ColorMNetEncode:
     CATEGORY = "ColorMNet"
+    SEARCH_ALIASES = SEARCH_ALIASES
     DESCRIPTION = ("Prepares the exemplars for colorization with this model. The result is reusable: "
                    "several videos can be colorized from one encoding.")
     RETURN_TYPES = ("COLORMNET_ENCODED",)

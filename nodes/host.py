@@ -102,6 +102,39 @@ def progress(total: int, node_id: str | None = None) -> Callable[[int], None]:
     return lambda done: bar.update_absolute(done, total)
 
 
+def show_text(node_id: str | None, lines: list[str]) -> None:
+    """Show `lines` as text on the node `node_id` in the ComfyUI frontend (the text preview that
+    API nodes use for status); no-op standalone or without a node id. Warnings also go to the log."""
+    if not lines or node_id is None:
+        return
+    server = _comfy("server")
+    instance = getattr(getattr(server, "PromptServer", None), "instance", None)
+    send = getattr(instance, "send_progress_text", None)
+    if send is None:
+        return
+    try:
+        send("\n".join(f"Warning: {line}" for line in lines), node_id)
+    except Exception:   # a display nicety must never fail a run (e.g. no client connected)
+        log.debug("could not show text on node %s", node_id, exc_info=True)
+
+
+def available_memory() -> int | None:
+    """Bytes of RAM available to new allocations (Linux MemAvailable, else psutil), None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:   # psutil missing or unsupported platform
+        return None
+
+
 # -- model files -------------------------------------------------------------------------------
 
 def _standalone_models_dir() -> Path:

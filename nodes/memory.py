@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..colormnet_core.config import MemoryConfig
 from ..colormnet_core.exemplars import EncodedExemplars
+from .search import SEARCH_ALIASES
 
 DEFAULTS = MemoryConfig()
 
@@ -21,9 +22,10 @@ class MemorySeed:
 
 class ColorMNetMemory:
     CATEGORY = "ColorMNet"
-    DESCRIPTION = ("Memory (MFP) settings. Defaults are the official release's. Working memory keeps the newest "
-                   "memory frames; long-term memory keeps prototypes of older ones, so memory stays bounded for "
-                   "any video length.")
+    SEARCH_ALIASES = SEARCH_ALIASES
+    DESCRIPTION = ("How the colorizer remembers colours along the video. The defaults are the official "
+                   "release's and suit most videos: recent frames are kept in detail, older ones compressed, so "
+                   "memory stays bounded for any length. Change them only for very long films or fast action.")
     RETURN_TYPES = ("COLORMNET_MEMORY",)
     RETURN_NAMES = ("memory",)
     FUNCTION = "build"
@@ -33,22 +35,37 @@ class ColorMNetMemory:
         d = DEFAULTS
         return {"required": {
             "encoded": ("COLORMNET_ENCODED",),
-            "mem_every": ("INT", {"default": d.mem_every, "min": 1, "max": 100,
-                                  "tooltip": "r: every r-th frame is added to memory."}),
-            "min_mid_term_frames": ("INT", {"default": d.min_mid_term_frames, "min": 1, "max": 100,
-                                            "tooltip": "T_min: working-memory frames kept after consolidation."}),
-            "max_mid_term_frames": ("INT", {"default": d.max_mid_term_frames, "min": 2, "max": 200,
-                                            "tooltip": "T_max: working-memory frames that trigger consolidation."}),
-            "num_prototypes": ("INT", {"default": d.num_prototypes, "min": 1, "max": 4096,
-                                       "tooltip": "P: long-term prototypes made per consolidation."}),
+            "mem_every": ("INT", {"default": d.mem_every, "min": 1, "max": 100, "tooltip": "Every N-th frame is "
+                                  "added to memory. Lower: follows fast changes (new objects, camera moves) more "
+                                  "closely, slower. Higher: faster, colours may lag behind changes. Default 5."}),
+            "min_mid_term_frames": ("INT", {"default": d.min_mid_term_frames, "min": 1, "max": 100, "tooltip":
+                                            "Recent memory frames kept in full detail after older ones are "
+                                            "compressed into long-term memory. Higher: sharper recall of the last "
+                                            "few seconds, more memory and time. Lower: leaner, older detail fades "
+                                            "sooner. Must stay below max_mid_term_frames. Default 5."}),
+            "max_mid_term_frames": ("INT", {"default": d.max_mid_term_frames, "min": 2, "max": 200, "tooltip":
+                                            "When this many recent memory frames have piled up, the oldest are "
+                                            "compressed into long-term memory. Higher: detail kept longer, more "
+                                            "memory and time per frame. Lower it if the GPU runs out of memory. "
+                                            "Default 10."}),
+            "num_prototypes": ("INT", {"default": d.num_prototypes, "min": 1, "max": 4096, "tooltip": "Entries "
+                                       "each compression keeps in long-term memory. Higher: finer colour detail "
+                                       "remembered, but long-term memory fills sooner. Lower: coarser, lasts "
+                                       "longer. Default 128."}),
             "max_long_term_elements": ("INT", {"default": d.max_long_term_elements, "min": 2, "max": 1_000_000,
-                                               "tooltip": "LT_max: long-term memory capacity."}),
-            "top_k": ("INT", {"default": d.top_k, "min": 1, "max": 1000,
-                              "tooltip": "Memory entries each pixel reads from."}),
-            "long_term": ("BOOLEAN", {"default": True, "tooltip": "Off: working memory grows with the video "
-                                      "(official option; short clips only)."}),
-            "permanent_exemplars": ("BOOLEAN", {"default": True, "tooltip": "Keep every exemplar in memory for "
-                                                "the whole video (off: the official rule, only the first is kept)."}),
+                                               "tooltip": "Size limit of long-term memory (least-used entries are "
+                                               "dropped when full). Raise it for long films whose early colours "
+                                               "must come back much later (more memory and time); lower it to save "
+                                               "memory. Must exceed num_prototypes. Default 10000."}),
+            "top_k": ("INT", {"default": d.top_k, "min": 1, "max": 1000, "tooltip": "Memory entries each pixel takes "
+                              "its colour from. Higher: smoother, more averaged colours. Lower: crisper, may "
+                              "flicker or bleed. Default 30; rarely worth changing."}),
+            "long_term": ("BOOLEAN", {"default": True, "tooltip": "Off: nothing is compressed and memory grows with "
+                                      "every memory frame (official option) - short clips only; long videos run out "
+                                      "of memory."}),
+            "permanent_exemplars": ("BOOLEAN", {"default": True, "tooltip": "On: every exemplar stays in memory for "
+                                                "the whole video, so its colours never fade. Off: the official rule "
+                                                "(only the first exemplar is kept; later ones age out like frames)."}),
         }}
 
     def build(self, encoded, mem_every, min_mid_term_frames, max_mid_term_frames, num_prototypes,

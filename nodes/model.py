@@ -9,8 +9,10 @@ from pathlib import Path
 
 import torch
 
+from ..colormnet_core.config import working_precision
 from ..colormnet_core.errors import CheckpointError
 from . import host
+from .search import SEARCH_ALIASES
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +46,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
     fp16 on a CPU is about 30x slower than fp32 there (no fast half kernels), so it runs as fp32
     with a warning; auto picks bf16 on GPUs that support it, else fp32."""
-    if precision == "fp16" and device.type == "cpu":
-        log.warning("ColorMNet: precision fp16 on the CPU would be about 30x slower than fp32; using fp32. "
-                    "Choose fp32 or auto to silence this, or run on a GPU for fp16.")
-        return "float32"
     if precision != "auto":
-        return _AUTOCAST[precision]
+        return working_precision(_AUTOCAST[precision], device.type)
     return "bfloat16" if device.type == "cuda" and host.supports_bf16(device) else "float32"
 
 
@@ -78,18 +76,19 @@ class ColorMNetModel:
 
 
 def _missing_message(name: str) -> str:
-    from ..colormnet_core.checkpoint import OFFICIAL_URL
+    from ..colormnet_core.checkpoint import OFFICIAL_FILENAME, OFFICIAL_URL
 
     folders = ", ".join(str(p) for p in host.model_dirs())
     stem = Path(name).stem if Path(name).suffix else name
-    return (f"Checkpoint {name!r} not found (neither {stem}.pth nor {stem}.safetensors): put the official "
-            f"DINOv2FeatureV6_LocalAtten_s2_154000.pth in models/colormnet and refresh the page, or use the "
-            f"'ColorMNet Download Model' node. Folders searched: {folders}. Download: {OFFICIAL_URL} "
-            f"(weights licensed CC BY-NC-SA 4.0: non-commercial, share-alike).")
+    return (f"Checkpoint not found: put the official {OFFICIAL_FILENAME} in models/colormnet and refresh the page, "
+            f"or use the 'ColorMNet Download Model' node. Looked for {stem}.pth and {stem}.safetensors in: "
+            f"{folders}. Download: {OFFICIAL_URL} (weights licensed CC BY-NC-SA 4.0: non-commercial, "
+            f"share-alike).")
 
 
 class ColorMNetModelLoader:
     CATEGORY = "ColorMNet"
+    SEARCH_ALIASES = SEARCH_ALIASES
     DESCRIPTION = ("Loads a ColorMNet checkpoint from models/colormnet (.pth or .safetensors, recognised by "
                    "content) and checks it fully here: keys, shapes and the sha256 recorded at download. The "
                    "model stays cached between runs and is moved off the GPU after each use. "
@@ -139,6 +138,7 @@ class ColorMNetModelLoader:
 
 class ColorMNetDownloadModel:
     CATEGORY = "ColorMNet"
+    SEARCH_ALIASES = SEARCH_ALIASES
     DESCRIPTION = ("Downloads the official ColorMNet weights into models/colormnet (once; later runs reuse the "
                    "file and check its sha256) and loads them. The weights are licensed CC BY-NC-SA 4.0 "
                    "(non-commercial, share-alike): set accept_license to agree.")
