@@ -251,7 +251,7 @@ def _small_luminance(frame: Tensor, grid: int, index: int) -> Tensor:
     h, w = luminance.shape
     scale = min(1.0, grid / max(h, w))
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    return F.adaptive_avg_pool2d(luminance[None, None].cpu(), size)[0, 0].clamp(0, 1)
+    return F.adaptive_avg_pool2d(luminance[None, None], size)[0, 0].cpu().clamp(0, 1)
 
 
 def _histogram_distance(a: Tensor, b: Tensor) -> float:
