@@ -18,17 +18,19 @@ softmax over all of them.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from .config import MemoryConfig
 
-# Upper bound on memory-by-query similarity entries computed at once (each is 4 bytes, and a few
-# temporaries of that size coexist); large frames are read in bands of query pixels.
-READ_CHUNK_ELEMENTS = 1 << 25
+# Upper bound on memory-by-query similarity entries computed at once (4 bytes each; the similarity
+# and one temporary of its size coexist); large memories are read in bands of query pixels.
+READ_CHUNK_ELEMENTS = 1 << 23
 
 MemoryEventHook = Callable[[str, dict], None]
 
@@ -36,29 +38,71 @@ MemoryEventHook = Callable[[str, dict], None]
 def similarity(mem_key: Tensor, mem_shrinkage: Tensor | None, query_key: Tensor, query_selection: Tensor) -> Tensor:
     """Anisotropic negative squared L2: `S_ji = -s_j * sum_c e_ic (k_jc - q_ic)^2 / sqrt(Ck)`.
 
-    mem_key `1 x Ck x N`, mem_shrinkage `1 x 1 x N`, query_key/selection `1 x Ck x n` -> `1 x N x n`.
-    Evaluated in the expanded form the official code uses (it decides near-tie top-k choices).
+    mem_key `1 x Ck x N`, mem_shrinkage `1 x 1 x N`, query_key/selection `1 x Ck x n` -> `1 x N x n`,
+    a view of a query-major `n x N` buffer, so that a top-k over memory (dim 1) reads contiguous
+    values. Evaluated in the expanded form the official code uses (it decides near-tie top-k
+    choices), in place on that one buffer: `2 (q e)^T K` equals `(2 q e)^T K` bit for bit and
+    `-a + b` equals `b - a`, so the values are the official ones.
     """
-    mk = mem_key.transpose(1, 2)
-    a_sq = mk.pow(2) @ query_selection
-    two_ab = 2 * (mk @ (query_key * query_selection))
-    b_sq = (query_selection * query_key.pow(2)).sum(1, keepdim=True)
-    sim = -a_sq + two_ab - b_sq
+    query_t = (2 * (query_key * query_selection)).transpose(1, 2)               # 1 x n x Ck
+    sim = query_t @ mem_key
+    sim -= query_selection.transpose(1, 2) @ mem_key.pow(2)
+    sim -= (query_selection * query_key.pow(2)).sum(1).unsqueeze(-1)
     if mem_shrinkage is not None:
-        sim = sim * mem_shrinkage.transpose(1, 2)
-    return sim / math.sqrt(mem_key.shape[1])
+        sim *= mem_shrinkage
+    return sim.div_(math.sqrt(mem_key.shape[1])).transpose(1, 2)
 
 
-def top_k_affinity(sim: Tensor, top_k: int) -> Tensor:
-    """Softmax over the top-k memory elements of every query, zero elsewhere: `1 x N x n`.
+class TopK(NamedTuple):
+    """The top-k of every query pixel: similarity values (sorted descending), their softmax
+    weights and memory indices, each `1 x k x n`."""
+
+    values: Tensor
+    weights: Tensor
+    indices: Tensor
+
+
+def top_k_affinity(sim: Tensor, top_k: int) -> TopK:
+    """Softmax over the top-k memory elements of every query (`sim`: `1 x N x n`), kept sparse.
 
     The official code exponentiates without subtracting the maximum; S <= 0 makes that safe,
-    and keeping it keeps its rounding.
+    and keeping it keeps its rounding. `dense_affinity` gives the official `N x n` matrix.
     """
     values, indices = torch.topk(sim, k=min(top_k, sim.shape[1]), dim=1)
     weights = values.exp()
     weights = weights / weights.sum(dim=1, keepdim=True)
-    return torch.zeros_like(sim).scatter_(1, indices, weights)
+    return TopK(values, weights, indices)
+
+
+def dense_affinity(top: TopK, memory_size: int) -> Tensor:
+    """The top-k weights scattered into a zero `1 x N x n` affinity (reference and tests only)."""
+    dense = top.weights.new_zeros(1, memory_size, top.weights.shape[-1])
+    return dense.scatter_(1, top.indices, top.weights)
+
+
+def gather_readout(mem_value_t: Tensor, top: TopK) -> Tensor:
+    """`sum_k w_kj v(i_kj)` for every query j: mem_value_t `N x C` (memory values, element-major),
+    top-k of `n` queries -> `C x n`. Touches k x n values instead of multiplying by an N x n matrix
+    that is zero except for k entries per column."""
+    k, n = top.indices.shape[-2:]
+    index, weights = top.indices[0].t(), top.weights[0].t().to(mem_value_t.dtype)   # n x k, query-major
+    if mem_value_t.device.type == "cpu" and mem_value_t.dtype == torch.float32:
+        # CSR (k entries per query row) times dense: one MKL call, no n x k x C temporary. The
+        # indices come from topk, so the (costly) invariant checks are skipped.
+        rows = torch.arange(0, n * k + 1, k, device=index.device)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
+            affinity = torch.sparse_csr_tensor(rows, index.reshape(-1), weights.reshape(-1),
+                                               size=(n, mem_value_t.shape[0]), check_invariants=False)
+        with torch.autocast("cpu", enabled=False):
+            return (affinity @ mem_value_t).t()
+    out = mem_value_t.new_empty(mem_value_t.shape[1], n)
+    step = max(1, (1 << 22) // (k * mem_value_t.shape[1]))     # bounds the gathered rows to ~16 MB
+    for start in range(0, n, step):
+        part = slice(start, start + step)
+        picked = mem_value_t.index_select(0, index[part].reshape(-1)).view(-1, k, mem_value_t.shape[1])
+        out[:, part] = (weights[part].unsqueeze(1) @ picked).squeeze(1).t()
+    return out
 
 
 def full_affinity(sim: Tensor) -> Tensor:
@@ -173,33 +217,36 @@ class MFPMemory:
     def read(self, key: Tensor, selection: Tensor) -> Tensor:
         """Top-k readout for a query frame: key/selection `1 x Ck x h x w` -> `1 x 2 x Cv x h x w`.
 
-        Updates the usage counters (the read is not idempotent)."""
+        Updates the usage counters (the read is not idempotent) and sets `last_read_similarity`:
+        float32 `k x n`, the top-k similarities of each of the n = h*w query pixels, sorted
+        descending (k = min(top_k, memory size)), and `last_read_index`, their memory elements."""
         h, w = key.shape[-2:]
         query = key.flatten(2)
         query_sel = selection.flatten(2)
         stores = [s for s in (self.long_term, self.permanent, self.working) if s.size]
         mem_key = torch.cat([s.key for s in stores], dim=-1)
         mem_shrinkage = torch.cat([s.shrinkage for s in stores], dim=-1)
-        mem_value = torch.cat([s.value for s in stores], dim=-1)
+        # Element-major values (N x 2Cv), so that a gathered element is one contiguous row.
+        mem_value_t = torch.cat([s.value.flatten(0, 1).t() for s in stores], dim=0)
         n_mem, n_query = mem_key.shape[-1], query.shape[-1]
         band = max(1, min(n_query, READ_CHUNK_ELEMENTS // n_mem))
-        readouts, top_similarity, top_index = [], [], []
+        readouts, similarities, indices = [], [], []
         usage = torch.zeros(n_mem, device=key.device, dtype=torch.float32)
         for start in range(0, n_query, band):
             part = slice(start, start + band)
-            sim = similarity(mem_key, mem_shrinkage, query[..., part], query_sel[..., part])
-            affinity = top_k_affinity(sim, self.config.top_k)
-            usage += affinity[0].sum(dim=1).float()
-            readouts.append(mem_value @ affinity[0])
-            top = torch.topk(sim[0], k=min(self.config.top_k, n_mem), dim=0)
-            top_similarity.append(top.values.float())
-            top_index.append(top.indices)
-        self.last_read_similarity = torch.cat(top_similarity, dim=-1)   # top-k per query pixel, descending
-        self.last_read_index = torch.cat(top_index, dim=-1)             # in [long-term, permanent, working] order
+            top = top_k_affinity(similarity(mem_key, mem_shrinkage, query[..., part], query_sel[..., part]),
+                                 self.config.top_k)
+            # Query-major order: each element's contributions arrive in query order, as in a row sum.
+            usage.index_add_(0, top.indices[0].t().reshape(-1), top.weights[0].t().reshape(-1).float())
+            readouts.append(gather_readout(mem_value_t, top))
+            similarities.append(top.values[0].float())
+            indices.append(top.indices[0])
         offset = 0
         for s in stores:
             s.update_usage(usage[offset:offset + s.size])
             offset += s.size
+        self.last_read_similarity = torch.cat(similarities, dim=-1)   # top-k per query pixel, descending
+        self.last_read_index = torch.cat(indices, dim=-1)             # in [long-term, permanent, working] order
         readout = torch.cat(readouts, dim=-1) if len(readouts) > 1 else readouts[0]
         return readout.view(1, 2, -1, h, w)
 
@@ -229,7 +276,9 @@ class MFPMemory:
         index = torch.topk(usage, k=k, sorted=True).indices
         proto_key = candidates["key"][..., index]
         proto_selection = candidates["selection"][..., index]
-        affinity = full_affinity(similarity(candidates["key"], candidates["shrinkage"], proto_key, proto_selection))
+        # Memory-major copy: the softmax sums over candidates in the official order.
+        sim = similarity(candidates["key"], candidates["shrinkage"], proto_key, proto_selection).contiguous()
+        affinity = full_affinity(sim)
         proto_value = candidates["value"] @ affinity[0]
         proto_shrinkage = candidates["shrinkage"] @ affinity
         return proto_key, proto_shrinkage, proto_value

@@ -89,11 +89,36 @@ class GuidedFusion(nn.Module):
         self.attention = CrossChannelAttention(dim)
         self.norm_out = LayerNorm2d(dim)
 
-    def forward(self, dino: Tensor, cnn: Tensor) -> Tensor:
-        """dino: `B x 1536 x H x W`, cnn: `B x dim x H x W` (same size) -> `B x dim x H x W`."""
-        projected = self.dino_proj(dino)
+    def forward(self, dino: Tensor, cnn: Tensor, *, upsample: int = 1) -> Tensor:
+        """dino: `B x 1536 x h x w`, cnn: `B x dim x (upsample h) x (upsample w)` -> like cnn.
+
+        The official code upsamples e bilinearly to the cnn map's size before P."""
+        projected = self.dino_proj(dino) if upsample == 1 else self._project_upsampled(dino, upsample)
         fused = self.attention(self.norm_dino(projected), self.norm_cnn(cnn)) + projected
         return F.relu(self.norm_out(fused))
+
+    def _project_upsampled(self, dino: Tensor, factor: int) -> Tensor:
+        """`P(up(e))` as `sum_tap shift_tap(up(W_tap e)) + bias`, exact in real arithmetic.
+
+        Bilinear upsampling acts on each channel alike, so it commutes with P's channel mixing: each
+        of the 9 taps mixes 1536 -> dim channels on the small map and is upsampled afterwards
+        (factor^2 = 16x fewer multiply-adds at stride 4, and no 1536-channel map at stride 4).
+        Zero padding: a tap reading outside the upsampled map contributes nothing, as in the conv.
+        """
+        weight, bias = self.dino_proj.weight, self.dino_proj.bias            # dim x 1536 x 3 x 3
+        dim = weight.shape[0]
+        taps = F.conv2d(dino, weight.permute(2, 3, 0, 1).reshape(9 * dim, -1, 1, 1))   # B x 9dim x h x w
+        height, width = dino.shape[-2] * factor, dino.shape[-1] * factor
+        out = None
+        for tap in range(9):
+            dy, dx = tap // 3 - 1, tap % 3 - 1
+            up = F.interpolate(taps[:, tap * dim:(tap + 1) * dim], scale_factor=factor, mode="bilinear",
+                               align_corners=False)
+            if out is None:                                                  # the centre-row taps cover all
+                out = torch.zeros_like(up)
+            out[..., max(0, -dy):height - max(0, dy), max(0, -dx):width - max(0, dx)] += \
+                up[..., max(0, dy):height - max(0, -dy), max(0, dx):width - max(0, -dx)]
+        return out + bias.view(1, -1, 1, 1)
 
 
 class DinoFeatures(nn.Module):
@@ -133,9 +158,8 @@ class KeyEncoder(nn.Module):
     def forward(self, image: Tensor) -> KeyFeatures:
         c4, c8, c16 = self.cnn(image)
         d16 = self.dino(image)
-        up = dict(mode="bilinear", align_corners=False)
         return KeyFeatures(
             f16=self.fuse16(d16, c16),
-            f8=self.fuse8(F.interpolate(d16, scale_factor=2, **up), c8),
-            f4=self.fuse4(F.interpolate(d16, scale_factor=4, **up), c4),
+            f8=self.fuse8(d16, c8, upsample=2),
+            f4=self.fuse4(d16, c4, upsample=4),
         )

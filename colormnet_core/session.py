@@ -61,7 +61,8 @@ class ColorizeSession:
 
     network: a loaded `ColorMNet` in eval mode (it is not modified); exemplars: `EncodedExemplars`;
     memory: `MemoryConfig`; size: `ProcessingSize` (official = no resize); precision: autocast dtype;
-    key_batch: frames whose keys are encoded in one call (keys do not depend on memory);
+    key_batch: frames whose keys are encoded in one call (keys do not depend on memory; 1 is
+    fastest on CPU and needs the least memory, see bench/RESULTS.md);
     gamut: "clip" out-of-gamut RGB (official) or "keep_luminance" (shrink chroma instead, so the
     output's luminance is the input's).
     shots: None (one continuous run: the official behaviour), a list of `Shot`s tiling the video, or
@@ -87,7 +88,7 @@ class ColorizeSession:
         size: ProcessingSize | None = None,
         device: torch.device | str | None = None,
         precision: Precision = "float32",
-        key_batch: int = 4,
+        key_batch: int = 1,
         output_device: torch.device | str = "cpu",
         on_memory_event: MemoryEventHook | None = None,
         compile: bool = False,

@@ -63,13 +63,14 @@ def test_float32_matches_float64_reference_at_release_dimensions():
     assert (out.double() - ref).abs().max() <= 1e-5
 
 
-def test_row_bands_give_the_same_result_as_one_pass():
+@pytest.mark.parametrize("tile", [1, 3, 5, 20])
+def test_tile_size_does_not_change_the_result(tile):
     torch.manual_seed(1)
     la = LocalAttention(key_dim=8, value_dim=16).eval()
     q, k, v = torch.randn(1, 8, 11, 6), torch.randn(1, 8, 11, 6), torch.randn(1, 16, 11, 6)
     with torch.no_grad():
-        whole = la(q, k, v)
-        la.chunk_bytes = 1                                    # one query row per band
-        banded = la(q, k, v)
-    # Same maths; a wrong band offset would show as O(1) errors, rounding as ~1e-7.
-    assert (whole - banded).abs().max() <= 1e-6
+        default = la(q, k, v)
+        la.tile = tile                                        # 11x6 is not a multiple of any of these but 1
+        tiled = la(q, k, v)
+    # Same maths; a wrong tile offset or a border tile's padding would show as O(1) errors, rounding as ~1e-7.
+    assert (default - tiled).abs().max() <= 1e-6
