@@ -207,11 +207,77 @@ def long_video(defs):
     return g
 
 
+# -- shots: an image model colours the first frame of every shot, in one batch ---------------------
+
+SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+KONTEXT = {"unet": "flux1-dev-kontext_fp8_scaled.safetensors", "clip_l": "clip_l.safetensors",
+           "t5": "t5xxl_fp8_e4m3fn_scaled.safetensors", "vae": "ae.safetensors"}
+KONTEXT_PROMPT = ("Colorize this black and white photograph with natural, realistic colours. Keep the composition, "
+                  "the people, the lighting and every detail exactly as they are.")
+
+
+def shots_workflow(defs, prefix: str, colour_keyframes) -> Graph:
+    """Load Video -> Detect Shots -> keyframes coloured by `colour_keyframes(graph, keyframes)` (one batch)
+    -> Load Exemplar (batch + the shots' frame indices) -> Colorize per shot -> Save Video, plus previews of
+    the coloured keyframes and of the confidence plot."""
+    g = Graph(defs)
+    clip = g.add("LoadVideo", file=VIDEO)
+    parts = g.add("GetVideoComponents", video=(clip, 0))
+    shots = g.add("ColorMNetDetectShots", frames=(parts, 0), threshold=0.2, min_shot_length=10)
+    coloured = colour_keyframes(g, (shots, 1))
+    g.add("PreviewImage", "Coloured keyframes", images=(coloured, 0))
+    exemplars = g.add("ColorMNetLoadExemplar", image=(coloured, 0), frame=0, batch_frames=(shots, 2))
+    out = colorize_chain(g, exemplars, frames=(parts, 0))
+    g.nodes[out - 1]["inputs"].update(shots="from input", shot_list=(shots, 0))
+    save_video(g, out, parts, prefix)
+    g.add("PreviewImage", "Match confidence (add exemplars where it drops)", images=(out, 1))
+    return g
+
+
+def shots_sd15(defs):
+    """Light variant: SD 1.5 img2img (any SD 1.5 checkpoint) at denoise 0.6 keeps the keyframes' layout."""
+    def sd15(g, keyframes):
+        ckpt = g.add("CheckpointLoaderSimple", "Any SD 1.5 checkpoint", ckpt_name=SD15_CHECKPOINT)
+        positive = g.add("CLIPTextEncode", "Describe the colours", clip=(ckpt, 1),
+                         text="a colour photograph, natural colours, realistic skin tones, detailed")
+        negative = g.add("CLIPTextEncode", clip=(ckpt, 1), text="black and white, monochrome, grayscale, sepia")
+        latent = g.add("VAEEncode", pixels=keyframes, vae=(ckpt, 2))
+        sampled = g.add("KSampler", model=(ckpt, 0), seed=7, steps=20, cfg=6.0, sampler_name="euler",
+                        scheduler="normal", positive=(positive, 0), negative=(negative, 0),
+                        latent_image=(latent, 0), denoise=0.6)
+        return g.add("VAEDecode", samples=(sampled, 0), vae=(ckpt, 2))
+
+    return shots_workflow(defs, "colormnet/shots_sd15", sd15)
+
+
+def shots_flux_kontext(defs):
+    """Best-quality variant: FLUX.1 Kontext [dev], an instruction-editing model, told to colorize."""
+    def kontext(g, keyframes):
+        unet = g.add("UNETLoader", "FLUX.1 Kontext [dev]", unet_name=KONTEXT["unet"], weight_dtype="default")
+        clip = g.add("DualCLIPLoader", clip_name1=KONTEXT["clip_l"], clip_name2=KONTEXT["t5"], type="flux",
+                     device="default")
+        vae = g.add("VAELoader", vae_name=KONTEXT["vae"])
+        scaled = g.add("FluxKontextImageScale", image=keyframes)
+        latent = g.add("VAEEncode", pixels=(scaled, 0), vae=(vae, 0))
+        prompt = g.add("CLIPTextEncode", "Instruction", clip=(clip, 0), text=KONTEXT_PROMPT)
+        reference = g.add("ReferenceLatent", conditioning=(prompt, 0), latent=(latent, 0))
+        guided = g.add("FluxGuidance", conditioning=(reference, 0), guidance=2.5)
+        negative = g.add("ConditioningZeroOut", conditioning=(prompt, 0))
+        sampled = g.add("KSampler", model=(unet, 0), seed=7, steps=20, cfg=1.0, sampler_name="euler",
+                        scheduler="simple", positive=(guided, 0), negative=(negative, 0),
+                        latent_image=(latent, 0), denoise=1.0)
+        return g.add("VAEDecode", samples=(sampled, 0), vae=(vae, 0))
+
+    return shots_workflow(defs, "colormnet/shots_flux_kontext", kontext)
+
+
 WORKFLOWS = {
     "colormnet_basic": basic,
     "colormnet_keyframes": keyframes,
     "colormnet_image_model_exemplar": image_model_exemplar,
     "colormnet_long_video": long_video,
+    "colormnet_shots_sd15": shots_sd15,
+    "colormnet_shots_flux_kontext": shots_flux_kontext,
 }
 
 

@@ -27,9 +27,10 @@ def known_inputs(spec_dir):
     return known
 
 
-def test_the_four_workflows_ship_in_both_formats_with_thumbnails():
+def test_every_workflow_ships_in_both_formats_with_thumbnails():
     stems = {p.stem for p in UI_FILES}
-    assert stems == {"colormnet_basic", "colormnet_keyframes", "colormnet_image_model_exemplar", "colormnet_long_video"}
+    assert stems == {"colormnet_basic", "colormnet_keyframes", "colormnet_image_model_exemplar", "colormnet_long_video",
+                     "colormnet_shots_sd15", "colormnet_shots_flux_kontext"}
     assert {p.stem for p in API_FILES} == stems
     for stem in stems:
         thumb = WORKFLOWS / f"{stem}.jpg"
@@ -69,3 +70,60 @@ def test_shipped_workflows_use_the_documented_file_names():
     for name in ("colormnet_example.mp4", "colormnet_example_exemplar.png",
                  "DINOv2FeatureV6_LocalAtten_s2_154000.safetensors"):
         assert name in text
+
+
+@pytest.fixture(scope="module")
+def signatures(spec_dir):
+    """node type -> (input name -> declared type, required input names, output types)."""
+    core = json.loads((spec_dir / "comfyui_object_info.json").read_text())["nodes"]
+    defs = {name: (d["input"], d["output"]) for name, d in core.items()}
+    for name, cls in load_plugin().NODE_CLASS_MAPPINGS.items():
+        defs[name] = (cls.INPUT_TYPES(), list(cls.RETURN_TYPES))
+    result = {}
+    for name, (inputs, outputs) in defs.items():
+        types = {n: ("COMBO" if isinstance(spec[0], list) else spec[0])
+                 for group in ("required", "optional") for n, spec in inputs.get(group, {}).items()}
+        result[name] = (types, set(inputs.get("required", {})), outputs)
+    return result
+
+
+@pytest.mark.parametrize("path", API_FILES, ids=lambda p: p.stem)
+def test_api_workflow_links_carry_the_right_types_and_required_inputs_are_set(path, signatures):
+    prompt = json.loads(path.read_text())
+    for node_id, node in prompt.items():
+        types, required, _ = signatures[node["class_type"]]
+        missing = required - set(node["inputs"])
+        assert not missing, f"{path.name} node {node_id} ({node['class_type']}): required inputs {missing} not set"
+        for name, value in node["inputs"].items():
+            if isinstance(value, list):
+                source = prompt[value[0]]["class_type"]
+                produced = signatures[source][2][value[1]]
+                assert produced == types[name] or "*" in (produced, types[name]), (
+                    f"{path.name} node {node_id}.{name} expects {types[name]} but gets {produced} from {source}")
+
+
+@pytest.mark.parametrize("stem", ["colormnet_shots_sd15", "colormnet_shots_flux_kontext"])
+def test_shots_workflows_colour_every_keyframe_in_one_batch_and_reset_per_shot(stem):
+    prompt = json.loads((WORKFLOWS / "api" / f"{stem}.json").read_text())
+    by_type = {}
+    for node_id, node in prompt.items():
+        by_type.setdefault(node["class_type"], []).append((node_id, node["inputs"]))
+    [(shots_id, _)] = by_type["ColorMNetDetectShots"]
+    [(_, exemplar)] = by_type["ColorMNetLoadExemplar"]
+    [(colorize_id, colorize)] = by_type["ColorMNetColorize"]
+    # Load Exemplar: the image model's batch, pinned at the indices Detect Shots computed.
+    assert exemplar["batch_frames"] == [shots_id, 2]
+    assert prompt[exemplar["image"][0]]["class_type"] == "VAEDecode"
+    # One sampler, fed (through encoding) from the keyframes output of Detect Shots.
+    [(_, sampler)] = by_type["KSampler"]
+    upstream, frontier = set(), [sampler["latent_image"][0]]
+    while frontier:
+        node_id = frontier.pop()
+        upstream.add(node_id)
+        frontier += [v[0] for v in prompt[node_id]["inputs"].values() if isinstance(v, list)]
+    assert shots_id in upstream
+    assert colorize["shots"] == "from input" and colorize["shot_list"] == [shots_id, 0]
+    previews = [inputs["images"] for _, inputs in by_type["PreviewImage"]]
+    assert [colorize_id, 1] in previews                                   # the confidence plot
+    [(_, create)] = by_type["CreateVideo"]
+    assert create["images"] == [colorize_id, 0] and "SaveVideo" in by_type
