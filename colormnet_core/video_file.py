@@ -135,8 +135,20 @@ class VideoReader:
             raise
         self.width, self.height = first.width, first.height
         self._first = first
+        self._first_rgb: Tensor | None = None
         self._timestamps: dict[int, int] = {}
         self._last_pts: int | None = None
+
+    def first_frame(self) -> Tensor:
+        """Frame 0 as uint8 RGB `3 x H x W` (decoded when the file was opened; for checks before work)."""
+        if self._first_rgb is None:
+            self._first_rgb = torch.from_numpy(np.ascontiguousarray(
+                self._first.to_ndarray(format="rgb24"))).permute(2, 0, 1)
+        return self._first_rgb
+
+    def frame_at(self, index: int) -> Tensor | None:
+        """Frame `index` if known without reading on: frame 0 only (for checks before work)."""
+        return self.first_frame() if index == 0 else None
 
     @property
     def estimated_frames(self) -> int | None:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ..colormnet_core.errors import InputError
 from . import host
-from .colorize import _size_inputs, run_session
+from .colorize import _size_inputs, custom_size_input, run_session, size_choice
+from .search import SEARCH_ALIASES
 
 CRF_INPUT = ("INT", {"default": 18, "min": 0, "max": 51, "tooltip": "H.264 quality. Lower is better and bigger: 18 "
                      "looks like the original, 23 is half the size, 0 is lossless (huge)."})
@@ -95,18 +96,26 @@ class InMemoryVideo:
     def timestamp(self, index: int) -> int:
         return index
 
+    def frame_at(self, index: int):
+        return self.images[index][..., :3].permute(2, 0, 1) if index < self.frame_count else None
+
     def __iter__(self):
         for image in self.images:
             yield image[..., :3].permute(2, 0, 1)
 
 
-def colorize_video(model, memory, reader, target: Path, size_options: tuple, crf: int):
-    """Decode -> colorize -> encode, one frame at a time, into `target` (renamed there only when complete)."""
+def colorize_video(model, memory, reader, target: Path, size_options: tuple, crf: int, node_id=None):
+    """Decode -> colorize -> encode, one frame at a time, into `target` (renamed there only when complete).
+    Pinned exemplars are checked first: their frames must exist; frame 0's is compared with its exemplar
+    (the only frame known before reading; a VIDEO made from frames has them all) and warnings shown on
+    the node `node_id`."""
+    from ..colormnet_core.exemplar_checks import check_exemplars
     from ..colormnet_core.video_file import VideoWriter
 
     pinned = memory.exemplars.pinned_frames
     if pinned:
         reader.require_frame(max(pinned))
+    host.show_text(node_id, check_exemplars(memory.exemplars.exemplars, intrinsic=False, frame_at=reader.frame_at))
     audio_from = reader if reader.audio is not None else None
     with VideoWriter(target, fps=reader.fps, time_base=reader.time_base, audio_from=audio_from,
                      audio_waveform=getattr(reader, "waveform", None), crf=crf) as writer:
@@ -125,6 +134,7 @@ class ColorMNetVideo:
     RETURN_NAMES = ("video",)
     OUTPUT_TOOLTIPS = ("The colorized video (a temporary H.264 file); connect Save Video to keep it.",)
     FUNCTION = "colorize"
+    SEARCH_ALIASES = SEARCH_ALIASES
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -135,15 +145,17 @@ class ColorMNetVideo:
                                 "its luminance is used; its sound is copied."}),
             **_size_inputs(),
             "crf": CRF_INPUT,
-        }}
+        }, "optional": custom_size_input(), "hidden": {"unique_id": "UNIQUE_ID"}}
 
-    def colorize(self, model, memory, video, processing_size, keep_luminance, key_batch, crf=18):
+    def colorize(self, model, memory, video, processing_size, keep_luminance, key_batch, crf=18, custom_size=None,
+                 unique_id=None):
+        size = size_choice(processing_size, custom_size)
         reader = open_video(video)
         folder = host.temp_dir()
         folder.mkdir(parents=True, exist_ok=True)
         # A new name per run: ComfyUI may still hold (cache) the VIDEO of an earlier run.
         target = folder / f"colormnet_{uuid.uuid4().hex[:12]}.mp4"
-        colorize_video(model, memory, reader, target, (processing_size, keep_luminance, key_batch), crf)
+        colorize_video(model, memory, reader, target, (size, keep_luminance, key_batch), crf, unique_id)
         result = host.video_from_file(target) or VideoFile(target)
         ui = {"images": [{"filename": target.name, "subfolder": "", "type": "temp"}], "animated": [True]}
         return {"ui": ui, "result": (result,)}
@@ -152,6 +164,7 @@ class ColorMNetVideo:
 class ColorMNetColorizeVideo:
     CATEGORY = "ColorMNet"
     DEPRECATED = True
+    SEARCH_ALIASES = SEARCH_ALIASES
     DESCRIPTION = ("Deprecated: use ColorMNet Colorize Video (VIDEO in and out, with upload). Colorizes a video file "
                    "from ComfyUI's input folder into the output folder as H.264 with the original sound, one frame "
                    "at a time.")
@@ -174,9 +187,11 @@ class ColorMNetColorizeVideo:
             "filename_prefix": ("STRING", {"default": "colormnet/video", "tooltip": "Output file name start, "
                                 "relative to ComfyUI's output folder; a counter and .mp4 are added."}),
             **_size_inputs(),
-        }}
+        }, "optional": custom_size_input(), "hidden": {"unique_id": "UNIQUE_ID"}}
 
-    def colorize(self, model, memory, video, filename_prefix, processing_size, keep_luminance, key_batch):
+    def colorize(self, model, memory, video, filename_prefix, processing_size, keep_luminance, key_batch,
+                 custom_size=None, unique_id=None):
+        size = size_choice(processing_size, custom_size)
         from ..colormnet_core.video_file import VideoReader
 
         path = host.annotated_input_path(video)
@@ -185,7 +200,7 @@ class ColorMNetColorizeVideo:
         reader = VideoReader(path)
         out_dir = host.output_dir()
         target, subfolder = _next_output(out_dir, filename_prefix, ".mp4")
-        colorize_video(model, memory, reader, target, (processing_size, keep_luminance, key_batch), 18)
+        colorize_video(model, memory, reader, target, (size, keep_luminance, key_batch), 18, unique_id)
         ui = {"images": [{"filename": target.name, "subfolder": subfolder, "type": "output"}], "animated": [True]}
         return {"ui": ui, "result": (str(target),)}
 

@@ -65,11 +65,16 @@ def test_video_node_refuses_a_renamed_image_and_leaves_nothing(nodes, folders):
 
 
 @pytest.mark.slow
-def test_video_node_writes_h264_with_the_source_audio(nodes, folders):
+def test_video_node_writes_h264_with_the_source_audio(nodes, folders, monkeypatch):
     clip = make_clip(folders / "input" / "film.mp4", frames=5, fps=10, audio_seconds=0.5)
-    video = submodule("nodes.video")
-    model, memory = memory_for(nodes)
-    out = nodes["ColorMNetVideo"]().colorize(model, memory, video.VideoFile(clip), "official (no resize)", True, 2)
+    host, video = submodule("nodes.host"), submodule("nodes.video")
+    shown = []
+    monkeypatch.setattr(host, "show_text", lambda node_id, lines: shown.append((node_id, lines)))
+    model, memory = memory_for(nodes)      # its exemplar (noise) is pinned to frame 0 (a gradient)
+    out = nodes["ColorMNetVideo"]().colorize(model, memory, video.VideoFile(clip), "custom", True, 2, 18,
+                                             custom_size=64, unique_id="7")
+    (lines,) = [lines for node_id, lines in shown if node_id == "7"]
+    assert any("pinned to frame 0 does not match that frame's brightness" in line for line in lines), shown
     (result,) = out["result"]
     assert isinstance(result, video.VideoFile) and result.path.parent == folders / "temp"
     assert out["ui"] == {"images": [{"filename": result.path.name, "subfolder": "", "type": "temp"}],
