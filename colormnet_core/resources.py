@@ -4,9 +4,10 @@ Per-frame costs measured with the fixture network on CPU (peak RSS, tests/test_r
 checks the arithmetic): an IMAGE batch in memory costs 12 bytes per pixel per frame (float32
 RGB) for the input and as much for the output; each frame of a key batch needs about 100 bytes
 per full-resolution pixel of work buffers (float64 Lab conversion, chroma upsampling, gamut fit,
-RGB out) plus about 2 kB per padded processing-size pixel of network activations. Two
-8000x4500 frames at processing size 1080 thus need about 10 GB on top of the host process,
-which matches the 13.8 GB peak measured in ComfyUI.
+RGB out) plus about 2 kB per padded processing-size pixel of network activations. The estimate
+errs high: for two 8000x4500 frames at processing size 1080 it gives about 17 GB more, where
+ComfyUI peaked at 13.8 GB in all; so a run is refused only when even the estimate exceeds the
+available memory, and warned about above half of it.
 """
 
 from __future__ import annotations
