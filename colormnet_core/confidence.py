@@ -18,6 +18,12 @@ Why this form:
 
 Long-term prototypes average their source frames, so the long-term store carries the mean
 confidence of all frames consolidated into it.
+
+Consequences to know: confidence decays along a propagation chain (each memorised frame passes on
+its own value), so far from any exemplar it sinks even in a steady shot, which is where drift
+builds up too; and exp(S) is absolute, so its level depends on the checkpoint's similarity scale
+(measured here only on the golden fixture network: 0.7-0.95 after an exemplar, ~0.3 in a shot read
+against another shot's memory). `shots.needs_exemplar(low=...)` may need retuning on real weights.
 """
 
 from __future__ import annotations
