@@ -27,8 +27,10 @@ def run(net, frames, exemplar, precision: str, device) -> list:
     from colormnet_core.exemplars import EncodedExemplars, Exemplar
     from colormnet_core.session import ColorizeSession
 
-    session = ColorizeSession(net, EncodedExemplars((Exemplar(exemplar, 0),)), precision=precision, device=device,
-                              key_batch=1)
+    session = ColorizeSession(net, EncodedExemplars((Exemplar(exemplar, 0),)), device=device, key_batch=1)
+    # Set directly: the session turns float16 into float32 on CPUs (too slow for use), but its
+    # rounding is what a GPU's float16 autocast gives, so it is measured here all the same.
+    session.amp_dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[precision]
     return [to_uint8_truncate(r.rgb).to(torch.int16) for r in session.run(frames)]
 
 
