@@ -89,3 +89,16 @@ def working_precision(precision: str, device_type: str) -> str:
             "Choose float32/auto on a CPU, or run on a GPU for float16.")
         return "float32"
     return precision
+
+
+
+def auto_precision(device_type: str) -> str:
+    """The precision "auto" means on a device type ("cpu", "cuda", "mps", ...); issue 10's
+    measurements are in bench/RESULTS.md.
+
+    CPU: float32 - fp16 has no fast CPU kernels, and bf16 autocast drifts by tens of 8-bit levels
+    from fp32. CUDA: float16 autocast, the official default (10 mantissa bits against bf16's 7, the
+    same tensor-core speed; CUDA autocast keeps exp/softmax in fp32, so the memory read's unshifted
+    exponentials do not underflow). Anything else (MPS, ...): float32, untested in reduced precision.
+    """
+    return "float16" if device_type == "cuda" else "float32"
