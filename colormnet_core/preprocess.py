@@ -173,10 +173,11 @@ def resize_like_official(rgb: Tensor, size: tuple[int, int]) -> Tensor:
     rgb: `1 x 3 x H x W` sRGB in [0, 1] (8-bit values k/255 come back exactly: rounded, not truncated);
     size: (height, width). Returns `1 x 3 x height x width` float64 sRGB in [0, 1] holding 8-bit values,
     which is what `rgb2lab` sees in the official pipeline. PIL's bilinear filter widens its support
-    when shrinking and works in fixed point with 8-bit intermediates, so a float resize differs from
-    it by up to ~20 levels on textured exemplars; matching it keeps outputs equal to the official ones.
+    when shrinking (like torch's antialiased bilinear) but rounds to 8 bits in fixed point, so a float
+    resize is up to a level away on many pixels; the network amplifies that (top-k choices flip) to
+    tens of levels in the output. Matching PIL keeps outputs equal to the official ones.
     """
-    from PIL import Image   # Pillow comes with torchvision (and ComfyUI)
+    from PIL import Image  # Pillow comes with torchvision (and ComfyUI)
 
     if tuple(rgb.shape[-2:]) == tuple(size):
         return rgb
