@@ -1,6 +1,7 @@
 """Writes workflows/*.json (UI format for the frontend) and workflows/api/*.json (API format) from
 compact graph descriptions, so the two stay consistent. Core node signatures come from a saved
-/object_info (../shared/spec/comfyui_object_info.json by default), ours from our node classes.
+/object_info (tests/data/spec/comfyui_object_info.json by default), ours from our node classes.
+Inputs are the example media in workflows/media (copy them into ComfyUI/input).
 
     python scripts/make_workflows.py [--object-info PATH]
 """
@@ -18,6 +19,24 @@ WIDGET_TYPES = {"INT", "FLOAT", "BOOLEAN", "STRING", "COMBO"}
 CHECKPOINT = "DINOv2FeatureV6_LocalAtten_s2_154000.safetensors"
 VIDEO = "colormnet_example.mp4"
 EXEMPLAR = "colormnet_example_exemplar.png"
+TWO_SHOTS = "colormnet_example_two_shots.mp4"          # frames 0-11, then the same frames mirrored
+EXEMPLAR_MIRRORED = "colormnet_example_exemplar_mirrored.png"   # the true colour version of its frame 12
+
+# Node sizes [width, height] that fit each node's sockets and widgets (frontend 1.27: 20 px a socket
+# row, 24 px a widget, plus the title); media nodes get room for their preview.
+SIZES = {
+    "ColorMNetModelLoader": [400, 82], "ColorMNetDownloadModel": [420, 178], "ColorMNetLoadExemplar": [300, 102],
+    "ColorMNetEncode": [260, 54], "ColorMNetMemory": [330, 226], "ColorMNetColorize": [330, 238],
+    "ColorMNetVideo": [330, 218], "ColorMNetDetectShots": [290, 162],
+    "LoadVideo": [320, 340], "LoadImage": [320, 340], "SaveVideo": [400, 380], "PreviewImage": [420, 320],
+    "GetVideoComponents": [240, 74], "CreateVideo": [240, 82], "ImageFromBatch": [260, 82],
+    "CheckpointLoaderSimple": [340, 98], "CLIPTextEncode": [360, 160], "VAEEncode": [220, 46],
+    "VAEDecode": [220, 46], "KSampler": [320, 262], "UNETLoader": [360, 82], "DualCLIPLoader": [360, 130],
+    "VAELoader": [320, 58], "FluxKontextImageScale": [260, 26], "ReferenceLatent": [240, 46],
+    "FluxGuidance": [260, 58], "ConditioningZeroOut": [240, 26],
+}
+DEFAULT_SIZE = [300, 120]
+COLUMN_GAP, ROW_GAP = 40, 40
 
 
 def our_node_defs() -> dict:
@@ -90,7 +109,15 @@ class Graph:
         for n in self.nodes:   # nodes are added in dependency order
             sources = [v[0] for v in n["inputs"].values() if isinstance(v, tuple)]
             depth[n["id"]] = 1 + max((depth[s] for s in sources), default=-1)
-        rows: dict[int, int] = {}
+        widths: dict[int, int] = {}
+        for n in self.nodes:
+            column = depth[n["id"]]
+            widths[column] = max(widths.get(column, 0), SIZES.get(n["type"], DEFAULT_SIZE)[0])
+        lefts, x = {}, 40
+        for column in sorted(widths):
+            lefts[column] = x
+            x += widths[column] + COLUMN_GAP
+        tops: dict[int, int] = {}
         for n in self.nodes:
             d = self.defs[n["type"]]
             sockets, widgets = [], []
@@ -116,9 +143,10 @@ class Graph:
             outputs = [{"name": (d.get("output_name") or d["output"])[i], "type": t,
                         "links": outgoing.get((n["id"], i), []), "slot_index": i} for i, t in enumerate(d["output"])]
             column = depth[n["id"]]
-            row = rows.get(column, 0)
-            rows[column] = row + 1
-            node = {"id": n["id"], "type": n["type"], "pos": [40 + 380 * column, 60 + 400 * row], "size": [340, 300],
+            size = list(SIZES.get(n["type"], DEFAULT_SIZE))
+            top = tops.get(column, 60)
+            tops[column] = top + size[1] + ROW_GAP + 30   # 30: the title bar
+            node = {"id": n["id"], "type": n["type"], "pos": [lefts[column], top], "size": size,
                     "flags": {}, "order": n["id"] - 1, "mode": 0, "inputs": sockets, "outputs": outputs,
                     "properties": {"Node name for S&R": n["type"]}, "widgets_values": widgets}
             if n["title"]:
@@ -148,10 +176,10 @@ def save_video(g: Graph, images: int, components: int, prefix: str) -> None:
     g.add("SaveVideo", video=(video, 0), filename_prefix=prefix, format="auto", codec="auto")
 
 
-def video_workflow(defs, prefix: str, add_exemplars) -> Graph:
+def video_workflow(defs, prefix: str, add_exemplars, video: str = VIDEO) -> Graph:
     """Load Video -> components -> Colorize (exemplars from `add_exemplars(graph, components)`) -> Save Video."""
     g = Graph(defs)
-    clip = g.add("LoadVideo", file=VIDEO)
+    clip = g.add("LoadVideo", file=video)
     parts = g.add("GetVideoComponents", video=(clip, 0))
     out = colorize_chain(g, add_exemplars(g, parts), frames=(parts, 0))
     save_video(g, out, parts, prefix)
@@ -167,15 +195,17 @@ def basic(defs):
 
 
 def keyframes(defs):
-    def three_keyframes(g, parts):
+    """Two keyframes on the two-shot example: each exemplar is the true colour version of its frame
+    (frame 12 opens the mirrored shot, and its exemplar is the mirrored colour frame)."""
+    def two_keyframes(g, parts):
         previous = None
-        for frame in (0, 10, 20):
-            image = g.add("LoadImage", f"Keyframe {frame} (colour version of frame {frame})", image=EXEMPLAR)
+        for frame, picture in ((0, EXEMPLAR), (12, EXEMPLAR_MIRRORED)):
+            image = g.add("LoadImage", f"Keyframe: colour version of frame {frame}", image=picture)
             extra = {"exemplars": (previous, 0)} if previous else {}
             previous = g.add("ColorMNetLoadExemplar", image=(image, 0), frame=frame, **extra)
         return previous
 
-    return video_workflow(defs, "colormnet/keyframes", three_keyframes)
+    return video_workflow(defs, "colormnet/keyframes", two_keyframes, video=TWO_SHOTS)
 
 
 def image_model_exemplar(defs):
@@ -221,7 +251,7 @@ def shots_workflow(defs, prefix: str, colour_keyframes) -> Graph:
     -> Load Exemplar (batch + the shots' frame indices) -> Colorize per shot -> Save Video, plus previews of
     the coloured keyframes and of the confidence plot."""
     g = Graph(defs)
-    clip = g.add("LoadVideo", file=VIDEO)
+    clip = g.add("LoadVideo", file=TWO_SHOTS)
     parts = g.add("GetVideoComponents", video=(clip, 0))
     shots = g.add("ColorMNetDetectShots", frames=(parts, 0), threshold=0.2, min_shot_length=10)
     coloured = colour_keyframes(g, (shots, 1))
@@ -283,7 +313,7 @@ WORKFLOWS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--object-info", default=REPO.parent / "shared" / "spec" / "comfyui_object_info.json")
+    parser.add_argument("--object-info", default=REPO / "tests" / "data" / "spec" / "comfyui_object_info.json")
     args = parser.parse_args()
     core = json.loads(Path(args.object_info).read_text())["nodes"]
     defs = {**core, **our_node_defs()}

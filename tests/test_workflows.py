@@ -65,11 +65,28 @@ def test_ui_workflow_nodes_and_inputs_exist_and_match_the_api_twin(path, known_i
             assert socket["link"] is None or socket["link"] in link_ids
 
 
-def test_shipped_workflows_use_the_documented_file_names():
-    text = "".join(p.read_text() for p in API_FILES)
-    for name in ("colormnet_example.mp4", "colormnet_example_exemplar.png",
-                 "DINOv2FeatureV6_LocalAtten_s2_154000.safetensors"):
-        assert name in text
+def test_shipped_workflows_load_only_the_shipped_example_media():
+    """Every video and picture a workflow loads ships in workflows/media (nothing to generate first),
+    and the media README names each of them."""
+    media = WORKFLOWS / "media"
+    readme = (media / "README.md").read_text()
+    loaded = set()
+    for path in API_FILES:
+        for node in json.loads(path.read_text()).values():
+            if node["class_type"] == "LoadVideo":
+                loaded.add(node["inputs"]["file"])
+            elif node["class_type"] == "LoadImage":
+                loaded.add(node["inputs"]["image"])
+    assert {"colormnet_example.mp4", "colormnet_example_exemplar.png"} <= loaded
+    for name in loaded:
+        assert (media / name).is_file() and (media / name).stat().st_size > 1000, f"{name} is not in workflows/media"
+        assert f"`{name}`" in readme, f"workflows/media/README.md does not describe {name}"
+
+
+def test_workflows_select_the_official_checkpoint_name():
+    names = {node["inputs"]["checkpoint"] for path in API_FILES for node in json.loads(path.read_text()).values()
+             if node["class_type"] == "ColorMNetModelLoader"}
+    assert names == {"DINOv2FeatureV6_LocalAtten_s2_154000.safetensors"}   # the loader also takes the .pth
 
 
 @pytest.fixture(scope="module")
