@@ -58,7 +58,8 @@ def add_colorize_parser(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="autocast precision")
-    p.add_argument("--key-batch", type=int, default=4, help="frames whose keys are encoded in one call")
+    p.add_argument("--key-batch", type=int, default=1,
+                   help="frames whose keys are encoded in one call (1: least memory, fastest on CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network stages")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--crf", type=int, default=18,

@@ -58,9 +58,9 @@ def _size_inputs():
         "keep_luminance": ("BOOLEAN", {"default": True, "tooltip": "On: colours too saturated to display are "
                            "toned down, so the output's brightness is exactly the input's. Off: they are clipped "
                            "(the official behaviour; may shift brightness slightly)."}),
-        "key_batch": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Frames prepared per network call. "
-                      "Higher: a little faster on GPUs. Lower it (down to 1) if memory runs out, for big frames "
-                      "or small GPUs."}),
+        "key_batch": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Frames prepared per network call. "
+                      "1 is fastest on CPU and uses the least memory; on a GPU with memory to spare 4-8 may be "
+                      "a little faster. Lower it to 1 if memory runs out."}),
     }
 
 

@@ -165,7 +165,7 @@ def colorize_chain(g: Graph, exemplars: int, frames=None, video=None, size="480"
     memory = g.add("ColorMNetMemory", encoded=(encoded, 0), mem_every=5, min_mid_term_frames=5,
                    max_mid_term_frames=10, num_prototypes=128, max_long_term_elements=10000, top_k=30,
                    long_term=True, permanent_exemplars=True)
-    common = {"processing_size": size, "keep_luminance": True, "key_batch": 4}
+    common = {"processing_size": size, "keep_luminance": True, "key_batch": 1}
     if video is not None:   # a VIDEO socket: streamed one frame at a time, sound kept
         return g.add("ColorMNetVideo", model=(model, 0), memory=(memory, 0), video=video, **common, crf=18)
     return g.add("ColorMNetColorize", model=(model, 0), memory=(memory, 0), frames=frames, **common)
