@@ -8,6 +8,7 @@ long the film is: frames go from the decoder through the network into the encode
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from ..colormnet_core.errors import InputError
 from . import host
 from .colorize import _size_inputs, custom_size_input, run_session, size_choice
 from .search import SEARCH_ALIASES
+from .shots import plot_report, session_shots, shot_inputs
 
 CRF_INPUT = ("INT", {"default": 18, "min": 0, "max": 51, "tooltip": "H.264 quality. Lower is better and bigger: 18 "
                      "looks like the original, 23 is half the size, 0 is lossless (huge)."})
@@ -104,11 +106,13 @@ class InMemoryVideo:
             yield image[..., :3].permute(2, 0, 1)
 
 
-def colorize_video(model, memory, reader, target: Path, size_options: tuple, crf: int, node_id=None):
+def colorize_video(model, memory, reader, target: Path, size_options: tuple, crf: int, node_id=None, *,
+                   shots=None):
     """Decode -> colorize -> encode, one frame at a time, into `target` (renamed there only when complete).
     Pinned exemplars are checked first: their frames must exist; frame 0's is compared with its exemplar
     (the only frame known before reading; a VIDEO made from frames has them all) and warnings shown on
-    the node `node_id`."""
+    the node `node_id`. shots: None, "auto" (cuts found while streaming) or a shot list. Returns the
+    finished session (for its report)."""
     from ..colormnet_core.exemplar_checks import check_exemplars
     from ..colormnet_core.video_file import VideoWriter
 
@@ -119,9 +123,9 @@ def colorize_video(model, memory, reader, target: Path, size_options: tuple, crf
     audio_from = reader if reader.audio is not None else None
     with VideoWriter(target, fps=reader.fps, time_base=reader.time_base, audio_from=audio_from,
                      audio_waveform=getattr(reader, "waveform", None), crf=crf) as writer:
-        run_session(model, memory, reader, reader.estimated_frames, *size_options,
-                    lambda result: writer.write(result.rgb, reader.timestamp(result.index)))
-    return writer
+        session = run_session(model, memory, reader, reader.estimated_frames, *size_options,
+                              lambda result: writer.write(result.rgb, reader.timestamp(result.index)), shots=shots)
+    return session
 
 
 class ColorMNetVideo:
@@ -130,9 +134,14 @@ class ColorMNetVideo:
                    "Video: H.264 (plays in browsers) with the original sound, frame rate and timing. Frames are "
                    "decoded, colorized and encoded one at a time, so memory use stays flat however long the film "
                    "is. Cancel stops within a frame and leaves no file.")
-    RETURN_TYPES = ("VIDEO",)
-    RETURN_NAMES = ("video",)
-    OUTPUT_TOOLTIPS = ("The colorized video (a temporary H.264 file); connect Save Video to keep it.",)
+    # New outputs go at the end so links in saved workflows keep their slots.
+    RETURN_TYPES = ("VIDEO", "IMAGE", "STRING")
+    RETURN_NAMES = ("video", "confidence_plot", "report")
+    OUTPUT_TOOLTIPS = ("The colorized video (a temporary H.264 file); connect Save Video to keep it.",
+                       "Match confidence per frame (cuts orange, frames that need an exemplar red): add exemplars "
+                       "where it drops.",
+                       "JSON: shots [[first, last], ...], confidence (one value per frame), needs_exemplar "
+                       "(frame indices).")
     FUNCTION = "colorize"
     SEARCH_ALIASES = SEARCH_ALIASES
 
@@ -145,20 +154,25 @@ class ColorMNetVideo:
                                 "its luminance is used; its sound is copied."}),
             **_size_inputs(),
             "crf": CRF_INPUT,
-        }, "optional": custom_size_input(), "hidden": {"unique_id": "UNIQUE_ID"}}
+        }, "optional": {**shot_inputs(), **custom_size_input()}, "hidden": {"unique_id": "UNIQUE_ID"}}
 
-    def colorize(self, model, memory, video, processing_size, keep_luminance, key_batch, crf=18, custom_size=None,
-                 unique_id=None):
+    def colorize(self, model, memory, video, processing_size, keep_luminance, key_batch, crf=18,
+                 shots="none (official)", shot_list=None, custom_size=None, unique_id=None):
         size = size_choice(processing_size, custom_size)
         reader = open_video(video)
+        # The header's frame count (None when absent) checks a connected shot list; "auto" still streams.
+        shot_choice = session_shots(shots, shot_list, reader.frame_count)
         folder = host.temp_dir()
         folder.mkdir(parents=True, exist_ok=True)
         # A new name per run: ComfyUI may still hold (cache) the VIDEO of an earlier run.
         target = folder / f"colormnet_{uuid.uuid4().hex[:12]}.mp4"
-        colorize_video(model, memory, reader, target, (size, keep_luminance, key_batch), crf, unique_id)
+        session = colorize_video(model, memory, reader, target, (size, keep_luminance, key_batch), crf, unique_id,
+                                 shots=shot_choice)
         result = host.video_from_file(target) or VideoFile(target)
+        report = session.report()
+        plot = plot_report(report, memory.exemplars.pinned_frames)
         ui = {"images": [{"filename": target.name, "subfolder": "", "type": "temp"}], "animated": [True]}
-        return {"ui": ui, "result": (result,)}
+        return {"ui": ui, "result": (result, plot, json.dumps(report))}
 
 
 class ColorMNetColorizeVideo:

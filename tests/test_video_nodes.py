@@ -3,6 +3,7 @@ H.264 VIDEO out with the source's audio, nothing left behind on bad input or Can
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import cv2
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from .clips import make_clip, probe
+from .clips import frame_pixels, make_clip, probe
 from .plugin import load_plugin, submodule
 
 
@@ -47,7 +48,8 @@ def memory_for(nodes, size=(64, 48)):
 def test_video_node_takes_and_returns_comfyui_video(nodes):
     video_node = nodes["ColorMNetVideo"]
     spec = video_node.INPUT_TYPES()["required"]
-    assert spec["video"][0] == "VIDEO" and video_node.RETURN_TYPES == ("VIDEO",)
+    assert spec["video"][0] == "VIDEO" and video_node.RETURN_TYPES[0] == "VIDEO"   # old links: slot 0
+    assert video_node.INPUT_TYPES()["optional"]["shots"][1]["default"] == "none (official)"
     assert spec["crf"][1]["default"] == 18 and "Save Video" in video_node.DESCRIPTION
     assert load_plugin().NODE_DISPLAY_NAME_MAPPINGS["ColorMNetVideo"] == "ColorMNet Colorize Video"
     assert nodes["ColorMNetColorizeVideo"].DEPRECATED is True          # kept for saved workflows
@@ -143,3 +145,32 @@ def test_video_node_accepts_a_video_made_from_frames(nodes, folders):
     after = probe(out["result"][0].path)
     assert after["frames"] == 3 and after["audio_codec"] == "aac" and after["video_codec"] == "h264"
     assert after["times"] == pytest.approx([0, 1 / 6, 2 / 6], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_video_node_finds_the_shots_itself_and_reports_confidence(nodes, folders):
+    from fractions import Fraction
+    from types import SimpleNamespace
+
+    # Shot 0: the moving gradient (10 frames, the detector's shortest shot); shot 1: dark stripes.
+    stripes = np.zeros((48, 64, 3), np.uint8)
+    stripes[:, ::8] = (20, 40, 200)
+    pixels = [frame_pixels(i, 48, 64) for i in range(10)] + [np.roll(stripes, i, axis=1) for i in range(2)]
+    images = torch.from_numpy(np.stack(pixels)).float() / 255
+
+    class FramesVideo:   # Create Video's VIDEO: still colorized one frame at a time
+        def get_components(self):
+            return SimpleNamespace(images=images, frame_rate=Fraction(10), audio=None)
+
+    (model,) = nodes["ColorMNetModelLoader"]().load("fixture.safetensors", "fp32")
+    (exemplars,) = nodes["ColorMNetLoadExemplar"]().add(images[:1].flip(-1), 0)
+    (exemplars,) = nodes["ColorMNetLoadExemplar"]().add(images[10:11].flip(-1), 10, exemplars)
+    (encoded,) = nodes["ColorMNetEncode"]().encode(model, exemplars)
+    (memory,) = nodes["ColorMNetMemory"]().build(encoded, 5, 5, 10, 128, 10000, 30, True, True)
+    out = nodes["ColorMNetVideo"]().colorize(model, memory, FramesVideo(), "official (no resize)", True, 1,
+                                             shots="auto")
+    video, plot, report = out["result"]
+    report = json.loads(report)
+    assert report["shots"] == [[0, 9], [10, 11]] and len(report["confidence"]) == 12
+    assert plot.ndim == 4 and plot.shape[0] == 1 and plot.shape[-1] == 3 and plot.shape[1] > 100
+    assert probe(video.path)["frames"] == 12
