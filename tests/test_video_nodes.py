@@ -77,7 +77,7 @@ def test_video_node_writes_h264_with_the_source_audio(nodes, folders, monkeypatc
                                              custom_size=64, unique_id="7")
     (lines,) = [lines for node_id, lines in shown if node_id == "7"]
     assert any("pinned to frame 0 does not match that frame's brightness" in line for line in lines), shown
-    (result,) = out["result"]
+    result = out["result"][0]   # then confidence_plot, report
     assert isinstance(result, video.VideoFile) and result.path.parent == folders / "temp"
     assert out["ui"] == {"images": [{"filename": result.path.name, "subfolder": "", "type": "temp"}],
                          "animated": [True]}
