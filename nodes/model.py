@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..colormnet_core.config import working_precision
+from ..colormnet_core.config import auto_precision, working_precision
 from ..colormnet_core.errors import CheckpointError
 from . import host
 from .search import SEARCH_ALIASES
@@ -45,10 +45,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """The autocast dtype name for a precision choice on `device`.
 
     fp16 on a CPU is about 30x slower than fp32 there (no fast half kernels), so it runs as fp32
-    with a warning; auto picks bf16 on GPUs that support it, else fp32."""
+    with a warning; auto is `auto_precision` (fp16 autocast on CUDA, the official default and 3x closer
+    to fp32 than bf16 in 8-bit levels; fp32 elsewhere; bench/RESULTS.md)."""
     if precision != "auto":
         return working_precision(_AUTOCAST[precision], device.type)
-    return "bfloat16" if device.type == "cuda" and host.supports_bf16(device) else "float32"
+    return auto_precision(device.type)
 
 
 @dataclass(frozen=True)
