@@ -8,8 +8,10 @@ under official names and record its sha256 in a sidecar file that later loads ch
 from __future__ import annotations
 
 import logging
-import select
+import os
+import queue
 import shutil
+import socket
 import threading
 import urllib.parse
 import urllib.request
@@ -97,38 +99,78 @@ def _open(url: str, timeout: float, should_stop: StopCheck | None):
     return box["response"]
 
 
+def _pump(response, chunks: queue.Queue) -> None:
+    """Reader thread: blocking reads of `response` into `chunks`, then b"" at the end or the error."""
+    try:
+        while True:
+            chunk = response.read1(CHUNK)
+            chunks.put(chunk)
+            if not chunk:
+                return
+    except BaseException as e:   # handed to the consuming thread
+        chunks.put(e)
+
+
+def _shut_down(response) -> None:
+    """Wake a read blocked on `response`: shut its connection down (through a duplicate descriptor, which
+    the caller's close does not touch). Closing alone would wait for the read to time out."""
+    try:
+        with socket.socket(fileno=os.dup(response.fileno())) as conn:
+            conn.shutdown(socket.SHUT_RDWR)
+    except (OSError, ValueError):   # already closed or reset: nothing left to wake
+        pass
+
+
 def _fetch_url(url: str, target: Path, progress: Progress | None, timeout: float,
                should_stop: StopCheck | None = None) -> None:
     """Stream `url` into `target`. Every wait lasts at most POLL_SECONDS before `should_stop` is asked
-    again; `timeout` seconds without a byte is a stall error."""
+    again; `timeout` seconds without a byte is a stall error.
+
+    A helper thread does the blocking reads, so that a stalled server cannot hold a cancel back. (Polling the
+    socket with select instead misses the bytes the HTTP layer buffered along with the headers.)"""
+    done = 0
+
+    def stalled() -> CheckpointError:
+        return CheckpointError(
+            f"Download of {url} stalled: no data for {timeout:.0f} s after {done} bytes. Try again later, or "
+            f"download the file by hand into {target.parent}.")
+
     try:
         with _open(url, timeout, should_stop) as response, open(target, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0)
-            done, idle = 0, 0.0
-            while True:
-                if should_stop is not None and should_stop():
-                    raise Cancelled(f"download cancelled after {done} bytes.")
-                # select() instead of a blocking read: a stalled server cannot hold the cancel back.
-                # (Bytes already buffered by TLS/IO layers are read when the socket next wakes up.)
-                readable, _, _ = select.select([response.fileno()], [], [], POLL_SECONDS)
-                if not readable:
-                    idle += POLL_SECONDS
-                    if idle >= timeout:
-                        raise CheckpointError(
-                            f"Download of {url} stalled: no data for {timeout:.0f} s after {done} bytes. Try "
-                            f"again later, or download the file by hand into {target.parent}.")
-                    continue
+            chunks: queue.Queue = queue.Queue()
+            reader = threading.Thread(target=_pump, args=(response, chunks), name="colormnet-download-read",
+                                      daemon=True)
+            reader.start()
+            try:
                 idle = 0.0
-                chunk = response.read1(CHUNK)
-                if not chunk:
-                    break
-                out.write(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
+                while True:
+                    if should_stop is not None and should_stop():
+                        raise Cancelled(f"download cancelled after {done} bytes.")
+                    try:
+                        chunk = chunks.get(timeout=POLL_SECONDS)
+                    except queue.Empty:
+                        idle += POLL_SECONDS
+                        if idle >= timeout:
+                            raise stalled() from None
+                        continue
+                    if isinstance(chunk, TimeoutError):   # the socket's own timeout: the same stall
+                        raise stalled() from chunk
+                    if isinstance(chunk, BaseException):
+                        raise chunk
+                    if not chunk:
+                        break
+                    idle = 0.0
+                    out.write(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+            finally:
+                if reader.is_alive():   # cancelled or failed with a read pending
+                    _shut_down(response)
         if total and done != total:
             raise CheckpointError(f"Download of {url} stopped after {done} of {total} bytes; try again.")
-    except OSError as e:   # URLError, HTTPError, timeouts
+    except OSError as e:   # URLError, HTTPError, resets
         raise CheckpointError(
             f"Cannot download {url} ({e}). Check the connection and the URL, or download the file by hand "
             f"and put it in {target.parent}.") from e
