@@ -39,12 +39,14 @@ DEFAULT_SIZE = [300, 120]
 COLUMN_GAP, ROW_GAP = 40, 40
 
 
-def our_node_defs() -> dict:
-    spec = importlib.util.spec_from_file_location("colormnet_plugin", REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["colormnet_plugin"] = module
-    spec.loader.exec_module(module)
+def our_node_defs(module=None) -> dict:
+    """Signatures of our nodes, from the plugin `module` (default: import this repository as one)."""
+    if module is None:
+        spec = importlib.util.spec_from_file_location("colormnet_plugin", REPO / "__init__.py",
+                                                      submodule_search_locations=[str(REPO)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["colormnet_plugin"] = module
+        spec.loader.exec_module(module)
     defs = {}
     for name, cls in module.NODE_CLASS_MAPPINGS.items():
         inputs = cls.INPUT_TYPES()
@@ -311,19 +313,27 @@ WORKFLOWS = {
 }
 
 
+def render(core: dict, ours: dict) -> dict[str, str]:
+    """Every workflow file's text, by its path under workflows/, from core and our node signatures."""
+    defs = {**core, **ours}
+    files = {}
+    for name, build in WORKFLOWS.items():
+        graph = build(defs)
+        files[f"{name}.json"] = json.dumps(graph.ui(), indent=1) + "\n"
+        files[f"api/{name}.json"] = json.dumps(graph.api(), indent=1) + "\n"
+    return files
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--object-info", default=REPO / "tests" / "data" / "spec" / "comfyui_object_info.json")
     args = parser.parse_args()
     core = json.loads(Path(args.object_info).read_text())["nodes"]
-    defs = {**core, **our_node_defs()}
     out = REPO / "workflows"
     (out / "api").mkdir(parents=True, exist_ok=True)
-    for name, build in WORKFLOWS.items():
-        graph = build(defs)
-        (out / f"{name}.json").write_text(json.dumps(graph.ui(), indent=1) + "\n")
-        (out / "api" / f"{name}.json").write_text(json.dumps(graph.api(), indent=1) + "\n")
-        print(f"wrote workflows/{name}.json and workflows/api/{name}.json")
+    for path, text in render(core, our_node_defs()).items():
+        (out / path).write_text(text)
+        print(f"wrote workflows/{path}")
 
 
 if __name__ == "__main__":

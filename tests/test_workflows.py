@@ -3,6 +3,7 @@ core ones from a real ComfyUI 0.3.64's /object_info."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -144,3 +145,38 @@ def test_shots_workflows_colour_every_keyframe_in_one_batch_and_reset_per_shot(s
     assert [colorize_id, 1] in previews                                   # the confidence plot
     [(_, create)] = by_type["CreateVideo"]
     assert create["images"] == [colorize_id, 0] and "SaveVideo" in by_type
+
+
+def test_shipped_workflows_are_up_to_date_with_the_node_definitions(spec_dir):
+    """A UI workflow stores widget values by position, so a node whose inputs change order or gain one
+    loads an older file with every later value shifted. The shipped files must be what the generator
+    makes from today's node signatures: after changing a node, run scripts/make_workflows.py."""
+    spec = importlib.util.spec_from_file_location("make_workflows_under_test", golden.REPO / "scripts" / "make_workflows.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    core = json.loads((spec_dir / "comfyui_object_info.json").read_text())["nodes"]
+    expected = generator.render(core, generator.our_node_defs(load_plugin()))
+    stale = [path for path, text in expected.items() if (WORKFLOWS / path).read_text() != text]
+    assert not stale, f"out of date, run scripts/make_workflows.py: {stale}"
+
+
+def test_ui_widget_values_follow_the_declared_input_order(known_inputs):
+    """Independent of the generator: in every UI workflow, each of our nodes' widget values sits at the
+    position of its input in INPUT_TYPES and equals the value its API twin gives that input."""
+    classes = load_plugin().NODE_CLASS_MAPPINGS
+    checked = 0
+    for path in UI_FILES:
+        twin = json.loads((WORKFLOWS / "api" / path.name).read_text())
+        for node in json.loads(path.read_text())["nodes"]:
+            if node["type"] not in classes:
+                continue
+            spec = classes[node["type"]].INPUT_TYPES()
+            widgets = [name for group in ("required", "optional") for name, s in spec.get(group, {}).items()
+                       if isinstance(s[0], list) or s[0] in ("INT", "FLOAT", "BOOLEAN", "STRING")]
+            assert len(node["widgets_values"]) == len(widgets), f"{path.name}: {node['type']} widget count"
+            api = twin[str(node["id"])]["inputs"]
+            for name, value in zip(widgets, node["widgets_values"]):
+                if name in api and not isinstance(api[name], list):
+                    assert value == api[name], f"{path.name}: {node['type']}.{name} is {value!r}, API {api[name]!r}"
+                    checked += 1
+    assert checked >= 30
