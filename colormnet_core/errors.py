@@ -21,3 +21,24 @@ class ResolutionError(InputError):
 
 class Cancelled(ColorMNetError):
     """The caller asked to stop (a progress callback returned False or raised this)."""
+
+
+class Transaction:
+    """Mixin for writers whose result must be all or nothing: leaving a `with` block normally calls
+    close() (the result is kept), leaving it by an exception or a cancel calls abort() (nothing is left
+    under the final name)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

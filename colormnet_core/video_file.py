@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import InputError
+from .errors import InputError, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +351,7 @@ class _WaveformAudio:
         pass
 
 
-class VideoWriter:
+class VideoWriter(Transaction):
     """Encodes RGB frames into an H.264 yuv420p file (.mp4, .m4v, .mov or .mkv) at `path`.
 
     fps: nominal rate; time_base: the timestamps' unit (the source's, so its timing is kept);
@@ -471,12 +471,3 @@ class VideoWriter:
                     log.debug("ignored while aborting %s: %s", self.partial, e)
         self._audio = self._output = None
         self.partial.unlink(missing_ok=True)
-
-    def __enter__(self) -> VideoWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import InputError
+from .errors import InputError, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class FrameSource:
             yield read_image(p)
 
 
-class FrameWriter:
+class FrameWriter(Transaction):
     """Writes RGB frames to a folder of PNGs or to an H.264 video file (by the path's suffix).
 
     For a video, `source` (a `FrameSource`) lends its timestamps, time base and audio; the file
@@ -155,12 +155,3 @@ class FrameWriter:
         """Stop without a result: an unfinished video is deleted; PNGs already written stay."""
         if self._video is not None:
             self._video.abort()
-
-    def __enter__(self) -> FrameWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

@@ -14,7 +14,7 @@ from ..colormnet_core.resources import check_memory, estimate_colorize_memory
 from . import host
 from .memory import MemorySeed
 from .search import SEARCH_ALIASES
-from .shots import plot_report, session_shots, shot_inputs
+from .shots import SHOT_OUTPUT_TOOLTIPS, SHOT_RETURN_NAMES, SHOT_RETURN_TYPES, plot_report, session_shots, shot_inputs
 from .tensors import to_bchw
 
 log = logging.getLogger(__name__)
@@ -113,14 +113,9 @@ class ColorMNetColorize:
     SEARCH_ALIASES = SEARCH_ALIASES
     DESCRIPTION = ("Colorizes video frames (an IMAGE batch) from the exemplars in memory. Progress per frame; "
                    "Cancel stops within a frame.")
-    # New outputs go at the end so links in saved workflows keep their slots.
-    RETURN_TYPES = ("IMAGE", "IMAGE", "STRING")
-    RETURN_NAMES = ("images", "confidence_plot", "report")
-    OUTPUT_TOOLTIPS = ("The colorized frames.",
-                       "Match confidence per frame (cuts orange, frames that need an exemplar red): add exemplars "
-                       "where it drops.",
-                       "JSON: shots [[first, last], ...], confidence (one value per frame), needs_exemplar "
-                       "(frame indices).")
+    RETURN_TYPES = ("IMAGE", *SHOT_RETURN_TYPES)
+    RETURN_NAMES = ("images", *SHOT_RETURN_NAMES)
+    OUTPUT_TOOLTIPS = ("The colorized frames.", *SHOT_OUTPUT_TOOLTIPS)
     FUNCTION = "colorize"
 
     @classmethod

@@ -206,6 +206,12 @@ def _legend(img: np.ndarray, entries: list[tuple[str, tuple[int, int, int]]]) ->
 # -- Colorize's shot inputs ------------------------------------------------------------------------
 
 SHOT_MODES = ["none (official)", "auto", "from input"]
+# The colorize nodes' outputs after their frames (added last, so links in saved workflows keep their slots).
+SHOT_RETURN_TYPES = ("IMAGE", "STRING")
+SHOT_RETURN_NAMES = ("confidence_plot", "report")
+SHOT_OUTPUT_TOOLTIPS = (
+    "Match confidence per frame (cuts orange, frames that need an exemplar red): add exemplars where it drops.",
+    "JSON: shots [[first, last], ...], confidence (one value per frame), needs_exemplar (frame indices).")
 
 
 def shot_inputs() -> dict:

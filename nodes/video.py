@@ -16,7 +16,7 @@ from ..colormnet_core.errors import InputError
 from . import host
 from .colorize import _size_inputs, custom_size_input, run_session, size_choice
 from .search import SEARCH_ALIASES
-from .shots import plot_report, session_shots, shot_inputs
+from .shots import SHOT_OUTPUT_TOOLTIPS, SHOT_RETURN_NAMES, SHOT_RETURN_TYPES, plot_report, session_shots, shot_inputs
 
 CRF_INPUT = ("INT", {"default": 18, "min": 0, "max": 51, "tooltip": "H.264 quality. Lower is better and bigger: 18 "
                      "looks like the original, 23 is half the size, 0 is lossless (huge)."})
@@ -134,14 +134,10 @@ class ColorMNetVideo:
                    "Video: H.264 (plays in browsers) with the original sound, frame rate and timing. Frames are "
                    "decoded, colorized and encoded one at a time, so memory use stays flat however long the film "
                    "is. Cancel stops within a frame and leaves no file.")
-    # New outputs go at the end so links in saved workflows keep their slots.
-    RETURN_TYPES = ("VIDEO", "IMAGE", "STRING")
-    RETURN_NAMES = ("video", "confidence_plot", "report")
+    RETURN_TYPES = ("VIDEO", *SHOT_RETURN_TYPES)
+    RETURN_NAMES = ("video", *SHOT_RETURN_NAMES)
     OUTPUT_TOOLTIPS = ("The colorized video (a temporary H.264 file); connect Save Video to keep it.",
-                       "Match confidence per frame (cuts orange, frames that need an exemplar red): add exemplars "
-                       "where it drops.",
-                       "JSON: shots [[first, last], ...], confidence (one value per frame), needs_exemplar "
-                       "(frame indices).")
+                       *SHOT_OUTPUT_TOOLTIPS)
     FUNCTION = "colorize"
     SEARCH_ALIASES = SEARCH_ALIASES
 

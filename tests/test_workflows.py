@@ -151,7 +151,8 @@ def test_shipped_workflows_are_up_to_date_with_the_node_definitions(spec_dir):
     """A UI workflow stores widget values by position, so a node whose inputs change order or gain one
     loads an older file with every later value shifted. The shipped files must be what the generator
     makes from today's node signatures: after changing a node, run scripts/make_workflows.py."""
-    spec = importlib.util.spec_from_file_location("make_workflows_under_test", golden.REPO / "scripts" / "make_workflows.py")
+    script = golden.REPO / "scripts" / "make_workflows.py"
+    spec = importlib.util.spec_from_file_location("make_workflows_under_test", script)
     generator = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generator)
     core = json.loads((spec_dir / "comfyui_object_info.json").read_text())["nodes"]
