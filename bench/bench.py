@@ -5,6 +5,7 @@ runs in a fresh process; with several --repo checkouts the runs are interleaved 
     python bench/bench.py --checkpoint CK --resolution 832x480 --frames 8 --warm 3 --threads 2 \
         [--precision float32 bfloat16] [--key-batch 1 4] [--compile] [--repeat 3] \
         [--repo . /path/to/baseline-worktree] [--device auto] [--out bench/results.jsonl]
+    python bench/bench.py ... --repo . /path/to/official-colormnet --dinov2 /path/to/dinov2   (see official.py)
 
 Frames: the blackswan clip (../shared/data/blackswan, else tests/data/blackswan or
 workflows/media/blackswan, else a synthetic clip) resized to the resolution and played back and
@@ -29,8 +30,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def measure(args) -> dict:
-    sys.path.insert(0, str(Path(args.repo).resolve()))
     sys.path.insert(0, str(REPO / "bench"))
+    import official
+
+    if official.is_official_checkout(args.repo):
+        return official.measure(args)
+    sys.path.insert(0, str(Path(args.repo).resolve()))
     import clip
     import torch
 
@@ -93,6 +98,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--repo", nargs="+", default=[str(REPO)],
                         help="checkouts to compare (e.g. a `git worktree` of the baseline); runs are interleaved")
+    parser.add_argument("--dinov2", default="",
+                        help="for an official checkout in --repo: a facebookresearch/dinov2 checkout (see official.py)")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None, help="append JSON lines here")
@@ -114,7 +121,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--single", "--checkpoint", args.checkpoint, "--frames", str(n),
                "--warm", str(args.warm), "--resolution", res, "--size", size, "--precision", prec,
                "--key-batch", str(kb), "--compile", comp, "--threads", str(args.threads), "--repo", repo,
-               "--device", args.device]
+               "--device", args.device, "--dinov2", args.dinov2]
         run = subprocess.run(cmd, capture_output=True, text=True)
         name = Path(repo).resolve().name
         if run.returncode != 0:

@@ -57,6 +57,27 @@ class GroupResBlock(nn.Module):
         shortcut = g if self.downsample is None else group_conv(self.downsample, g)
         return out + shortcut
 
+    def forward_shared(self, x: Tensor, g: Tensor) -> Tensor:
+        """`forward(broadcast_cat(x, g))` with x's share of the first convolutions computed once.
+
+        A conv over `[x, g_o]` is a conv over x plus a conv over g_o (the weight split by input
+        channel), and ReLU acts per channel, so x (the same for every object) is convolved once
+        instead of once per object. x: `B x Cx x H x W`, g: `B x O x Cg x H x W`.
+        """
+        split = x.shape[1]
+        if self.downsample is None:
+            return self.forward(broadcast_cat(x, g))
+
+        def conv(layer: nn.Conv2d, shared: Tensor, own: Tensor) -> Tensor:
+            weight = layer.weight
+            common = F.conv2d(shared, weight[:, :split].contiguous(), layer.bias, padding=1)
+            b, o = own.shape[:2]
+            mine = F.conv2d(own.flatten(0, 1), weight[:, split:].contiguous(), padding=1)
+            return mine.view(b, o, *mine.shape[1:]) + common.unsqueeze(1)
+
+        out = group_conv(self.conv2, F.relu(conv(self.conv1, F.relu(x), F.relu(g))))
+        return out + conv(self.downsample, x, g)
+
 
 class ChannelGate(nn.Module):
     """CBAM channel gate: `x * sigmoid(MLP(avgpool x) + MLP(maxpool x))`, reduction 16."""
@@ -114,7 +135,6 @@ class FeatureFusionBlock(nn.Module):
 
     def forward(self, x: Tensor, g: Tensor) -> Tensor:
         """x: `B x x_dim x H x W`, g: `B x O x g_dim x H x W` -> `B x O x out_dim x H x W`."""
-        g = self.block1(broadcast_cat(x, g))
-        b, o = g.shape[:2]
+        g = self.block1.forward_shared(x, g)
         r = self.attention(g.flatten(0, 1)).view_as(g)
         return self.block2(g + r)
