@@ -3,7 +3,7 @@ side-by-side measurements with bench.py: `bench.py --repo . /path/to/official --
 
 What it needs, all local (no network):
   * a checkout of github.com/yyang181/colormnet (folders model/, inference/, util/);
-  * its compiled `spatial_correlation_sampler` extension (pip package of that name, built for CPU);
+  * its compiled correlation extension (pip package `spatial-correlation-sampler`, built for CPU);
   * a checkout of github.com/facebookresearch/dinov2 for torch.hub's local source (the official
     code loads DINOv2 through torch.hub; the weights come from the ColorMNet checkpoint anyway);
   * scikit-image and einops, which the official code imports.
