@@ -64,9 +64,9 @@ class GroupResBlock(nn.Module):
         channel), and ReLU acts per channel, so x (the same for every object) is convolved once
         instead of once per object. x: `B x Cx x H x W`, g: `B x O x Cg x H x W`.
         """
-        split = x.shape[1]
         if self.downsample is None:
             return self.forward(broadcast_cat(x, g))
+        split = x.shape[1]
 
         def conv(layer: nn.Conv2d, shared: Tensor, own: Tensor) -> Tensor:
             weight = layer.weight

@@ -1,4 +1,5 @@
-"""The lean formulations (sparse top-k readout, tap-first Fuse projection) against the literal ones."""
+"""The lean formulations (sparse top-k readout, tap-first Fuse projection, shared fuser convolutions)
+against the literal ones."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from colormnet_core import memory as memory_module
+from colormnet_core.blocks import GroupResBlock, broadcast_cat
 from colormnet_core.config import MemoryConfig
 from colormnet_core.memory import MFPMemory, dense_affinity, gather_readout, similarity, top_k_affinity
 from colormnet_core.pvgfe import GuidedFusion
@@ -65,3 +67,17 @@ def test_tap_first_projection_equals_conv_of_the_upsampled_map(factor):
     assert taps.shape == literal.shape
     # Equal in exact arithmetic: float64 differences are rounding (~1e-15); a wrong shift or border is O(1).
     assert (taps - literal).abs().max() <= 1e-12
+
+
+def test_shared_first_convolutions_equal_the_block_on_the_concatenation():
+    """The decoder fuser's block 1 convolves the shared key features once for all objects: the same
+    result as the block applied to `[x, g_o]` for each object o (checked in float64, so exactly up
+    to rounding)."""
+    torch.manual_seed(0)
+    block = GroupResBlock(12, 8).double()
+    x = torch.randn(2, 7, 5, 6, dtype=torch.float64)      # shared: B x Cx x H x W
+    g = torch.randn(2, 3, 5, 5, 6, dtype=torch.float64)   # per object: B x O x Cg x H x W
+    expected = block(broadcast_cat(x, g))
+    assert torch.allclose(block.forward_shared(x, g), expected, rtol=0, atol=1e-12)
+    swapped = block.forward_shared(x, g.flip(1))          # each object keeps its own result
+    assert torch.allclose(swapped, expected.flip(1), rtol=0, atol=1e-12)
