@@ -37,6 +37,7 @@ SIZES = {
 }
 DEFAULT_SIZE = [300, 120]
 COLUMN_GAP, ROW_GAP = 40, 40
+VIEW = (1860, 960)   # the canvas of a 1920x1080 browser window, for the fit-to-view scale
 
 
 def our_node_defs(module=None) -> dict:
@@ -111,15 +112,30 @@ class Graph:
         for n in self.nodes:   # nodes are added in dependency order
             sources = [v[0] for v in n["inputs"].values() if isinstance(v, tuple)]
             depth[n["id"]] = 1 + max((depth[s] for s in sources), default=-1)
+        # Columns by depth. A long chain wraps into rows (each starting below the tallest column of the row
+        # above); the number of columns per row is the one that shows the graph largest at fit-to-view.
         widths: dict[int, int] = {}
+        heights: dict[int, int] = {}
         for n in self.nodes:
             column = depth[n["id"]]
-            widths[column] = max(widths.get(column, 0), SIZES.get(n["type"], DEFAULT_SIZE)[0])
-        lefts, x = {}, 40
-        for column in sorted(widths):
-            lefts[column] = x
-            x += widths[column] + COLUMN_GAP
-        tops: dict[int, int] = {}
+            width, height = SIZES.get(n["type"], DEFAULT_SIZE)
+            widths[column] = max(widths.get(column, 0), width)
+            heights[column] = heights.get(column, 0) + height + ROW_GAP + 30   # 30: the title bar
+        columns = sorted(widths)
+
+        def place(per_row: int) -> tuple[dict, dict, float]:
+            lefts, tops, x, row_top, right = {}, {}, 40, 60, 0
+            for i, column in enumerate(columns):
+                if i and i % per_row == 0:
+                    row_top += max(heights[c] for c in columns[i - per_row:i]) + ROW_GAP
+                    x = 40
+                lefts[column], tops[column] = x, row_top
+                x += widths[column] + COLUMN_GAP
+                right = max(right, x)
+            bottom = max(tops[c] + heights[c] for c in columns)
+            return lefts, tops, min(VIEW[0] / right, VIEW[1] / bottom)
+
+        lefts, tops, _ = max((place(n) for n in range(len(columns), 1, -1)), key=lambda layout: layout[2])
         for n in self.nodes:
             d = self.defs[n["type"]]
             sockets, widgets = [], []
@@ -146,7 +162,7 @@ class Graph:
                         "links": outgoing.get((n["id"], i), []), "slot_index": i} for i, t in enumerate(d["output"])]
             column = depth[n["id"]]
             size = list(SIZES.get(n["type"], DEFAULT_SIZE))
-            top = tops.get(column, 60)
+            top = tops[column]
             tops[column] = top + size[1] + ROW_GAP + 30   # 30: the title bar
             node = {"id": n["id"], "type": n["type"], "pos": [lefts[column], top], "size": size,
                     "flags": {}, "order": n["id"] - 1, "mode": 0, "inputs": sockets, "outputs": outputs,
