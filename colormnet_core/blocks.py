@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .winograd import Conv3x3, conv3x3
+
 
 def group_conv(conv: nn.Conv2d, g: Tensor) -> Tensor:
     """Apply an ordinary conv to every object of `g: B x O x C x H x W`."""
@@ -48,9 +50,9 @@ class GroupResBlock(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.downsample = nn.Conv2d(in_dim, out_dim, 3, padding=1) if in_dim != out_dim else None
-        self.conv1 = nn.Conv2d(in_dim, out_dim, 3, padding=1)
-        self.conv2 = nn.Conv2d(out_dim, out_dim, 3, padding=1)
+        self.downsample = Conv3x3(in_dim, out_dim) if in_dim != out_dim else None
+        self.conv1 = Conv3x3(in_dim, out_dim)
+        self.conv2 = Conv3x3(out_dim, out_dim)
 
     def forward(self, g: Tensor) -> Tensor:
         out = group_conv(self.conv2, F.relu(group_conv(self.conv1, F.relu(g))))
@@ -70,9 +72,9 @@ class GroupResBlock(nn.Module):
 
         def conv(layer: nn.Conv2d, shared: Tensor, own: Tensor) -> Tensor:
             weight = layer.weight
-            common = F.conv2d(shared, weight[:, :split].contiguous(), layer.bias, padding=1)
+            common = conv3x3(shared, weight[:, :split], layer.bias)
             b, o = own.shape[:2]
-            mine = F.conv2d(own.flatten(0, 1), weight[:, split:].contiguous(), padding=1)
+            mine = conv3x3(own.flatten(0, 1), weight[:, split:])
             return mine.view(b, o, *mine.shape[1:]) + common.unsqueeze(1)
 
         out = group_conv(self.conv2, F.relu(conv(self.conv1, F.relu(x), F.relu(g))))

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blocks import FeatureFusionBlock, GroupResBlock, group_conv, group_resize, gru_update
+from .winograd import Conv3x3
 
 
 class DecoderOutput(NamedTuple):
@@ -30,7 +31,7 @@ class HiddenUpdater(nn.Module):
         self.g16_conv = nn.Conv2d(mid_dims[0], mid_dim, 1)
         self.g8_conv = nn.Conv2d(mid_dims[1], mid_dim, 1)
         self.g4_conv = nn.Conv2d(mid_dims[2] + 1, mid_dim, 1)
-        self.transform = nn.Conv2d(mid_dim + hidden_dim, 3 * hidden_dim, 3, padding=1)
+        self.transform = Conv3x3(mid_dim + hidden_dim, 3 * hidden_dim)
 
     def forward(self, g16: Tensor, g8: Tensor, g4: Tensor, h: Tensor) -> Tensor:
         g = (group_conv(self.g16_conv, g16)
@@ -44,7 +45,7 @@ class UpsampleBlock(nn.Module):
 
     def __init__(self, skip_dim: int, up_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.skip_conv = nn.Conv2d(skip_dim, up_dim, 3, padding=1)
+        self.skip_conv = Conv3x3(skip_dim, up_dim)
         self.out_conv = GroupResBlock(up_dim, out_dim)
 
     def forward(self, skip: Tensor, g: Tensor) -> Tensor:

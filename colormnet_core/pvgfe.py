@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbones import DINO_DIM, DINO_LAYERS, DINO_PATCH, ResNetTrunk, build_dinov2_vits14, dinov2_intermediate_layers
+from .winograd import Conv3x3
 
 DINO_CONCAT_DIM = DINO_DIM * len(DINO_LAYERS)   # 1536
 
@@ -83,7 +84,7 @@ class GuidedFusion(nn.Module):
 
     def __init__(self, dino_dim: int, dim: int) -> None:
         super().__init__()
-        self.dino_proj = nn.Conv2d(dino_dim, dim, 3, padding=1)
+        self.dino_proj = Conv3x3(dino_dim, dim)
         self.norm_dino = LayerNorm2d(dim)
         self.norm_cnn = LayerNorm2d(dim)
         self.attention = CrossChannelAttention(dim)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .allocator import retain_freed_memory
 from .color import denormalize_lab, fit_chroma_to_gamut, lab_to_rgb
 from .confidence import MemoryConfidence
 from .config import MemoryConfig, working_precision
@@ -213,6 +214,20 @@ class ColorizeSession:
             raise InputError("the video has no frames; check the input path or the node that loads it.")
         index = self.frames_done              # index of `pending`
         self._starts_shot(pending, index)
+        # On the CPU, freed activations are reused instead of faulted in afresh (allocator.py).
+        with retain_freed_memory() if self.device.type == "cpu" else contextlib.nullcontext():
+            yield from self._run_chunks(pending, iterator, index, on_frame, should_stop)
+        self._check_pinned_within(self.frames_done)
+        if self._shots is not None and self.frames_done != self._shots[-1].last + 1:
+            raise InputError(f"the shots cover frames 0-{self._shots[-1].last} but the video had "
+                             f"{self.frames_done} frames; make the shot list match the video.")
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _run_chunks(self, pending: Tensor, iterator: Iterator[Tensor], index: int,
+                    on_frame: Callable[[ColorizedFrame], bool | None] | None,
+                    should_stop: Callable[[], bool] | None) -> Iterator[ColorizedFrame]:
+        """`run`'s loop: key batches of up to `key_batch` frames, never spanning a cut; `pending` is frame `index`."""
         while pending is not None:
             chunk, lasts = [], []
             while pending is not None and len(chunk) < self.key_batch:
@@ -228,12 +243,6 @@ class ColorizeSession:
                 if on_frame is not None and on_frame(result) is False:
                     raise Cancelled(f"stopped by the caller after {result.index + 1} frames.")
                 yield result
-        self._check_pinned_within(self.frames_done)
-        if self._shots is not None and self.frames_done != self._shots[-1].last + 1:
-            raise InputError(f"the shots cover frames 0-{self._shots[-1].last} but the video had "
-                             f"{self.frames_done} frames; make the shot list match the video.")
-
-    # -- internals ----------------------------------------------------------------------------
 
     def _check_schedule(self) -> None:
         pinned = self.exemplars.pinned_frames

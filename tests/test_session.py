@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from colormnet_core import allocator
 from colormnet_core.color import rgb_to_lab
 from colormnet_core.config import MemoryConfig
 from colormnet_core.errors import Cancelled, InputError, ResolutionError
@@ -150,6 +151,12 @@ def test_absurd_resolution_suggests_a_processing_size():
     assert Geometry.plan(4320, 7680, ProcessingSize("short_side", 720)).processing_size == (720, 1280)
 
 
+def test_a_cpu_run_reuses_freed_memory_while_it_lasts(golden_network, exemplar0):
+    session = ColorizeSession(golden_network, EncodedExemplars((Exemplar(exemplar0, 0),)), size=SMALL)
+    depths = [allocator._depth for _ in session.run(torch.rand(3, 3, 64, 64))]
+    assert depths == [1, 1, 1] and allocator._depth == 0
+
+
 def test_callbacks_cancel(golden_network, exemplar0):
     frames = torch.rand(6, 3, 64, 64)
     session = ColorizeSession(golden_network, EncodedExemplars((Exemplar(exemplar0, 0),)), size=SMALL, key_batch=2)
@@ -162,6 +169,7 @@ def test_callbacks_cancel(golden_network, exemplar0):
     with pytest.raises(Cancelled, match="after 3 frames"):
         list(session.run(frames, on_frame=stop_at_third))
     assert seen == [0, 1, 2]
+    assert allocator._depth == 0        # the CPU run's allocation policy ends with the run, cancelled or not
     polls = []
     session = ColorizeSession(golden_network, EncodedExemplars((Exemplar(exemplar0, 0),)), size=SMALL, key_batch=4)
     with pytest.raises(Cancelled, match="after 2 frames"):
