@@ -16,7 +16,7 @@ SMALLER = 64 << 20
 pytestmark = pytest.mark.skipif(allocator._glibc() is None, reason="the policy acts on glibc's malloc only")
 
 
-def faults_of_two_rounds() -> int:
+def faults_reusing_a_freed_block() -> int:
     """Minor page faults of touching a 64 MiB block right after a 96 MiB one was freed (the next
     frame's activations after this frame's: freed memory of the same or a larger size is there)."""
     torch.ones(BLOCK // 4)
@@ -32,11 +32,11 @@ def rss_bytes() -> int:
 
 def test_a_freed_block_is_reused_without_faults_inside_and_returned_after():
     pages = SMALLER // resource.getpagesize()
-    assert faults_of_two_rounds() >= pages // 2            # the system policy: a fresh mmap every time
+    assert faults_reusing_a_freed_block() >= pages // 2            # the system policy: a fresh mmap every time
     with allocator.retain_freed_memory() as active:
         assert active
-        assert faults_of_two_rounds() <= pages // 50        # reused from the heap
-    assert faults_of_two_rounds() >= pages // 2            # thresholds restored
+        assert faults_reusing_a_freed_block() <= pages // 50        # reused from the heap
+    assert faults_reusing_a_freed_block() >= pages // 2            # thresholds restored
     assert allocator._depth == 0
 
 
@@ -53,7 +53,7 @@ def test_nested_blocks_restore_only_at_the_outermost():
         with allocator.retain_freed_memory():
             pass
         assert allocator._depth == 1
-        assert faults_of_two_rounds() <= pages // 50        # still in force after the inner block
+        assert faults_reusing_a_freed_block() <= pages // 50        # still in force after the inner block
     assert allocator._depth == 0
 
 
@@ -62,7 +62,7 @@ def test_opt_out_leaves_the_system_allocator(monkeypatch):
     pages = SMALLER // resource.getpagesize()
     with allocator.retain_freed_memory() as active:
         assert not active
-        assert faults_of_two_rounds() >= pages // 2
+        assert faults_reusing_a_freed_block() >= pages // 2
 
 
 def test_restores_even_when_the_run_fails():
@@ -70,4 +70,4 @@ def test_restores_even_when_the_run_fails():
     with pytest.raises(RuntimeError), allocator.retain_freed_memory():
         raise RuntimeError("boom")
     assert allocator._depth == 0
-    assert faults_of_two_rounds() >= pages // 2
+    assert faults_reusing_a_freed_block() >= pages // 2
