@@ -70,6 +70,12 @@ def add_colorize_parser(subparsers) -> None:
                         "first frame or a reference. Default 'none': one continuous run (official behaviour)")
     p.add_argument("--report", default=None, metavar="JSON",
                    help="write shots, per-frame match confidence and the frames that need an exemplar here")
+    add_memory_arguments(p)
+    p.set_defaults(handler=run_colorize)
+
+
+def add_memory_arguments(p: argparse.ArgumentParser) -> None:
+    """The MFP memory options (defaults: the official release's); `memory_from_args` reads them."""
     mem = p.add_argument_group("memory (MFP); defaults are the official release's")
     defaults = MemoryConfig()
     mem.add_argument("--mem-every", type=int, default=defaults.mem_every, help="r: memory frame interval")
@@ -81,7 +87,14 @@ def add_colorize_parser(subparsers) -> None:
     mem.add_argument("--no-long-term", action="store_true", help="disable long-term memory (short clips only)")
     mem.add_argument("--exemplars-not-permanent", action="store_true",
                      help="let consolidation evict exemplars like any memory frame (official behaviour)")
-    p.set_defaults(handler=run_colorize)
+
+
+def memory_from_args(args: argparse.Namespace) -> MemoryConfig:
+    return MemoryConfig(
+        mem_every=args.mem_every, top_k=args.top_k, min_mid_term_frames=args.min_mid_term_frames,
+        max_mid_term_frames=args.max_mid_term_frames, num_prototypes=args.num_prototypes,
+        max_long_term_elements=args.max_long_term_elements, enable_long_term=not args.no_long_term,
+        permanent_exemplars=not args.exemplars_not_permanent)
 
 
 def run_colorize(args: argparse.Namespace) -> int:
@@ -90,11 +103,7 @@ def run_colorize(args: argparse.Namespace) -> int:
 
     checkpoint = find_checkpoint(args.checkpoint)   # first: without weights nothing else matters
 
-    memory = MemoryConfig(
-        mem_every=args.mem_every, top_k=args.top_k, min_mid_term_frames=args.min_mid_term_frames,
-        max_mid_term_frames=args.max_mid_term_frames, num_prototypes=args.num_prototypes,
-        max_long_term_elements=args.max_long_term_elements, enable_long_term=not args.no_long_term,
-        permanent_exemplars=not args.exemplars_not_permanent)
+    memory = memory_from_args(args)
     size = ProcessingSize.parse(args.size)
     shots = parse_shots(args.shots)
     # Everything that can be wrong with the input is checked before the model loads and work starts.
