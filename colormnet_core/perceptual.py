@@ -39,8 +39,8 @@ def _fetching(name: str, library: str, build: Callable[[], object]) -> object:
         return build()
     except ImportError as e:   # e.g. torchmetrics without torch-fidelity, or lpips for old torchmetrics
         raise MetricUnavailableError(
-            f"{name} through {library} needs a package that is not installed: {e}. Install it, or leave "
-            f"{name} out.") from None
+            f"{name} through {library} needs a package that is not installed: {str(e).rstrip('.')}. Install "
+            f"it, or leave {name} out.") from None
     except Exception as e:   # any failure of a third-party download becomes one clear message
         raise MetricUnavailableError(
             f"{name} could not load its network weights through {library}: {type(e).__name__}: {e}. Note: "
@@ -60,15 +60,15 @@ class LPIPS:
             LearnedPerceptualImagePatchSimilarity = None
         if LearnedPerceptualImagePatchSimilarity is not None:
             metric = _fetching("LPIPS", "torchmetrics", lambda: LearnedPerceptualImagePatchSimilarity(
-                net_type="alex", normalize=True))
-            self._score = lambda a, b: float(metric.to(self.device)(a, b))
+                net_type="alex", normalize=True).to(self.device))
+            self._score = lambda a, b: float(metric(a, b))
             return
         try:
             import pyiqa
         except ImportError:
             raise MetricUnavailableError(
                 "LPIPS needs torchmetrics (pip install \"torchmetrics[image]\") or pyiqa, and neither is "
-                f"installed. Install one (note: {_DOWNLOAD_NOTE}), or leave LPIPS out.") from None
+                f"installed. Install one, or leave LPIPS out. Note: {_DOWNLOAD_NOTE}.") from None
         metric = _fetching("LPIPS", "pyiqa", lambda: pyiqa.create_metric("lpips", device=self.device))
         self._score = lambda a, b: float(metric(a, b).mean())
 
@@ -91,10 +91,10 @@ class FID:
         except ImportError:
             raise MetricUnavailableError(
                 "FID needs torchmetrics with torch-fidelity (pip install \"torchmetrics[image]\" "
-                f"torch-fidelity), which is not installed. Install them (note: {_DOWNLOAD_NOTE}), or leave "
-                "FID out.") from None
+                f"torch-fidelity), which is not installed. Install them, or leave FID out. Note: {_DOWNLOAD_NOTE}."
+            ) from None
         self._metric = _fetching("FID", "torchmetrics", lambda: FrechetInceptionDistance(
-            feature=2048, normalize=True)).to(self.device)
+            feature=2048, normalize=True).to(self.device))
         self.frames = 0
 
     @torch.inference_mode()

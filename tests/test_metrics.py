@@ -182,14 +182,14 @@ def run_main(capsys, *args) -> tuple[int, str, str]:
 
 def test_evaluate_folders_json_and_table(tmp_path, capsys):
     rng = np.random.default_rng(7)
-    pairs = [random_pair(rng, 24, 32, 20) for _ in range(6)]
+    pairs = [random_pair(rng, 24, 32, 20) for _ in range(10)]
     pred = write_frames(tmp_path / "pred", [p for p, _ in pairs])
     gt = write_frames(tmp_path / "gt", [g for _, g in pairs])
     code, out, _ = run_main(capsys, pred, gt, "--json", "--keyframes", "3")
     assert code == 0
     result = json.loads(out)
     per_psnr = [peak_signal_noise_ratio(g, p, data_range=255) for p, g in pairs]
-    assert result["frames"] == 6 and result["shots"] == [[0, 5]]
+    assert result["frames"] == 10 and result["shots"] == [[0, 9]]
     assert result["per_frame"]["psnr"] == pytest.approx(per_psnr, abs=1e-5)
     assert result["psnr"] == pytest.approx(np.mean(per_psnr), abs=1e-5)
     assert result["ssim"] == pytest.approx(np.mean(
@@ -197,6 +197,12 @@ def test_evaluate_folders_json_and_table(tmp_path, capsys):
     assert result["cdc"] == pytest.approx(tcvc_cdc([p for p, _ in pairs]), abs=1e-6)
     assert result["cdc_gt"] == pytest.approx(tcvc_cdc([g for _, g in pairs]), abs=1e-6)
     assert [p["frame"] for p in result["per_shot"][0]["keyframe_pop"]] == [3]
+    code, out, _ = run_main(capsys, pred, gt, "--json", "--shots", "0-4,5-9")
+    by_shot = json.loads(out)
+    assert by_shot["shots"] == [[0, 4], [5, 9]] and len(by_shot["per_shot"]) == 2
+    assert [s["cdc"] for s in by_shot["per_shot"]] == pytest.approx(
+        [tcvc_cdc([p for p, _ in pairs[:5]]), tcvc_cdc([p for p, _ in pairs[5:]])], abs=1e-6)
+    assert by_shot["cdc"] == pytest.approx(np.mean([s["cdc"] for s in by_shot["per_shot"]]), abs=1e-6)
     code, out, _ = run_main(capsys, pred, gt, "--keyframes", "3")
     assert code == 0 and "PSNR (dB)" in out and "SSIM" in out and "CDC" in out and "pop @ 3" in out
 
@@ -210,6 +216,8 @@ def test_evaluate_refuses_different_counts_and_sizes(tmp_path, capsys):
     assert code == 1 and out == "" and err.startswith(f"error: {fewer} has 3 frames but {gt} has 4;")
     code, _, err = run_main(capsys, smaller, gt)
     assert code == 1 and "frame 0:" in err and "is 10x8 but" in err and "is 10x12" in err
+    code, _, err = run_main(capsys, gt, gt, "--keyframes", "4")
+    assert code == 1 and "keyframe 4 is past the last frame (3)" in err
 
 
 def test_evaluate_videos(tmp_path, capsys):
