@@ -46,6 +46,7 @@ def _download(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .cli import add_colorize_parser
+    from .evaluate import add_evaluate_parser
     from .film.cli import add_film_parser
 
     parser = argparse.ArgumentParser(prog="python -m colormnet_core", description="ColorMNet video colorization.")
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_colorize_parser(sub)
     add_film_parser(sub)
+    add_evaluate_parser(sub)
     conv = sub.add_parser("convert", help="convert a checkpoint to .safetensors (official names)",
                           description="Read a .pth (safely: tensors only) or .safetensors ColorMNet checkpoint "
                                       "and write it as .safetensors; prints both files' sha256.")

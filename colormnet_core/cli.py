@@ -14,6 +14,7 @@ import torch
 from .config import MemoryConfig
 from .errors import Cancelled
 from .exemplars import EncodedExemplars, Exemplar
+from .metrics import ShotMetrics
 from .preprocess import ProcessingSize
 from .session import ColorizeSession
 from .shots import parse_shots
@@ -120,20 +121,24 @@ def run_colorize(args: argparse.Namespace) -> int:
     session = ColorizeSession(network, exemplars, memory, size=size, device=device, precision=args.dtype,
                               key_batch=args.key_batch, compile=args.compile, shots=shots)
     total = source.estimated_count
+    # Temporal metrics for the report, from the frames as they stream (bounded memory, see ShotMetrics).
+    metrics = ShotMetrics(exemplars.pinned_frames) if args.report else None
     started = time.perf_counter()
     with writer:
         try:
             for result in session.run(source):
                 writer.write(result.rgb, result.index)
+                if metrics is not None:
+                    metrics.add(result.index, result.shot, result.rgb)
                 _progress(result.index + 1, total, started)
         except (KeyboardInterrupt, Cancelled):
             writer.abort()
             kept = "nothing was written (a colorization cannot resume from a partial video)" if writer.video \
                 else f"they are in {args.output}"
             print(f"\nstopped after {writer.count} frames; {kept}", file=sys.stderr)
-            _write_report(args.report, session)
+            _write_report(args.report, session, metrics)
             return 130
-    _write_report(args.report, session)
+    _write_report(args.report, session, metrics)
     elapsed = time.perf_counter() - started
     print(f"\n{writer.count} frames -> {args.output} in {elapsed:.1f} s "
           f"({writer.count / max(elapsed, 1e-9):.2f} frames/s)", file=sys.stderr)
@@ -142,11 +147,16 @@ def run_colorize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_report(path: str | None, session: ColorizeSession) -> None:
-    """The session's report as JSON: shots, per-frame confidence, frames that need an exemplar."""
+def _write_report(path: str | None, session: ColorizeSession, metrics: ShotMetrics | None = None) -> None:
+    """The session's report as JSON: shots, per-frame confidence, frames that need an exemplar, and per
+    shot (lists aligned with "shots") the output's "cdc" and "keyframe_pop" (see `metrics.ShotMetrics`)."""
     if path is None or session.frames_done == 0:
         return
     report = session.report()
+    if metrics is not None:
+        per_shot = metrics.per_shot()
+        report["cdc"] = [shot["cdc"] for shot in per_shot]
+        report["keyframe_pop"] = [shot["keyframe_pop"] for shot in per_shot]
     Path(path).write_text(json.dumps(report) + "\n")
     if report["needs_exemplar"]:
         print(f"frames that would gain from an exemplar: {report['needs_exemplar']} (report: {path})",
