@@ -15,6 +15,7 @@ from .config import MemoryConfig
 from .errors import Cancelled
 from .exemplars import EncodedExemplars, Exemplar
 from .preprocess import ProcessingSize
+from .propagation import make_session
 from .session import ColorizeSession
 from .shots import parse_shots
 from .video_io import FrameSource, FrameWriter, read_image
@@ -68,6 +69,11 @@ def add_colorize_parser(subparsers) -> None:
                    help="per-shot reset: 'auto' detects cuts and cross-fades, or give the shots as inclusive "
                         "0-based frame ranges (0-119,120-300); every shot then needs an exemplar pinned to its "
                         "first frame or a reference. Default 'none': one continuous run (official behaviour)")
+    p.add_argument("--propagation", default="forward", choices=["forward", "bidirectional"],
+                   help="forward (official): each exemplar colours the frames after it; bidirectional: between two "
+                        "exemplars of a shot, blend a forward pass and a backward pass, so colours do not jump at "
+                        "keyframes (about twice the work between the first and last exemplar; the stretch is "
+                        "buffered, on disk when long)")
     p.add_argument("--report", default=None, metavar="JSON",
                    help="write shots, per-frame match confidence and the frames that need an exemplar here")
     mem = p.add_argument_group("memory (MFP); defaults are the official release's")
@@ -108,8 +114,8 @@ def run_colorize(args: argparse.Namespace) -> int:
     writer = FrameWriter(args.output, names=source.names, source=source, crf=args.crf, overwrite=args.overwrite)
     device = pick_device(args.device)
     network = load_model(checkpoint, device=device)
-    session = ColorizeSession(network, exemplars, memory, size=size, device=device, precision=args.dtype,
-                              key_batch=args.key_batch, compile=args.compile, shots=shots)
+    session = make_session(network, exemplars, memory, size=size, device=device, precision=args.dtype,
+                           key_batch=args.key_batch, compile=args.compile, shots=shots, propagation=args.propagation)
     total = source.estimated_count
     started = time.perf_counter()
     with writer:
