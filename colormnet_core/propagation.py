@@ -16,7 +16,33 @@ reaches frames after the last; before the first, the forward pass reads the refe
 keeping it there makes one exemplar per shot bit-identical to forward). At a pinned exemplar's
 frame the output is the exemplar's colour, as in forward.
 
-Blend (choice and numbers): BLEND_NOTES below.
+Blend: per frame, by the temporal distance (`blend="distance"`, the default): frame t between e_k
+and e_k+1 is (1 - s) * forward + s * backward in chroma (a/110, b/110 at the processing size),
+s = (t - e_k) / (e_k+1 - e_k); the confidence is blended the same way. Measured with
+bench/propagation.py (fixture weights, CPU, size 112; pans over the blackswan exemplar, so every
+keyframe is a true colour frame; pop = chroma change k-1 -> k+1 over the clip's median two-frame
+change; all numbers in bench/RESULTS.md):
+
+| clip, keyframes | forward pop / CDC | distance | confidence | distance x confidence |
+|---|---|---|---|---|
+| 17 frames, 0,8,16 | 0.99 / 0.0580 | 0.78 / 0.0385 | 0.41 / 0.0404 | 0.90 / 0.0387 |
+| 30 frames, 0,12,24 | 1.41, 2.09 / 0.0454 | 0.59, 1.76 / 0.0369 | 0.51, 1.35 / 0.0338 | 0.63, 1.89 / 0.0379 |
+| 37 frames, 0,18,36 | 3.08 / 0.0331 | 0.88 / 0.0326 | 0.71 / 0.0290 | 0.93 / 0.0343 |
+
+median two-frame change (Lab units): 17 frames 20.6 forward, 7.9 distance, 12.5 confidence, 7.1
+distance x confidence; 30 frames 6.4, 7.6, 8.5, 7.2; 37 frames 6.6, 7.6, 8.4, 7.3.
+Why distance: every blend removes the interior pop (<= 0.93x the median against 0.99-3.08x
+forward) and lowers CDC (one exception: distance x confidence on the 37-frame clip). Weighting by
+the passes' confidence gives the lowest pop ratios, but mostly because the frame-to-frame change
+it is divided by grows by 10-60 %: the confidence of each pass jumps from frame to frame, and so
+does the weight, which is the flicker the blend is there to remove (absolute pops differ by ~15 %).
+Distance weights are smooth in t, reach exactly 0 and 1 at the exemplars (a frame next to an
+exemplar is that exemplar's pass) and do not depend on the checkpoint's similarity scale, which
+the fixture weights cannot calibrate. The pop at the last exemplar (1.76 on the 30-frame clip) is
+forward-only territory after it: the forward pass carries the earlier, drifted frames in memory.
+Per pixel: not tried; the session reports one confidence per frame, and the per-pixel best match
+(stride 16, inside `MFPMemory`) is not public. It is the next thing to measure once the shot unit
+exposes it; the other blends stay selectable (`blend=`) to re-measure on the real weights.
 
 Streaming and memory: frames of the shot are read once, in order. While the forward pass crosses
 e_first..e_last, its chroma (2 x h x w float32 at the processing size) and, unless the frames can
@@ -53,8 +79,6 @@ log = logging.getLogger(__name__)
 Propagation = Literal["forward", "bidirectional"]
 Blend = Literal["distance", "confidence", "distance_confidence"]
 PROPAGATIONS: tuple[str, ...] = ("forward", "bidirectional")
-
-BLEND_NOTES = """(filled in from bench/propagation.py measurements)"""
 
 
 def check_propagation(propagation: str) -> None:
