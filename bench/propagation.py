@@ -71,8 +71,7 @@ def cdc(results) -> float:
 
     def js(p, q):
         m = (p + q) / 2
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return 0.5 * sum(np.where(a > 0, a * np.log(a / m), 0).sum(-1) for a in (p, q))
+        return 0.5 * sum((a * np.log(np.where(a > 0, a, 1) / np.where(a > 0, m, 1))).sum(-1) for a in (p, q))
 
     return float(np.mean([js(hist[:-d], hist[d:]).mean() for d in (1, 2, 4)]))
 

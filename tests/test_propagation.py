@@ -57,8 +57,7 @@ def cdc(results) -> float:
 
     def js(p, q):
         m = (p + q) / 2
-        with np.errstate(divide="ignore", invalid="ignore"):
-            kl = lambda a: np.where(a > 0, a * np.log(a / m), 0).sum(-1)   # noqa: E731
+        kl = lambda a: (a * np.log(np.where(a > 0, a, 1) / np.where(a > 0, m, 1))).sum(-1)   # noqa: E731 - 0 log 0 = 0
         return 0.5 * kl(p) + 0.5 * kl(q)
 
     return float(np.mean([js(hist[:-d], hist[d:]).mean() for d in (1, 2, 4)]))
