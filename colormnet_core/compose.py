@@ -38,11 +38,16 @@ def compose_rgb(frames: Tensor, ab: Tensor, *, gamut: Gamut = "clip", device: to
     rgb = as_rgb(frames)
     # float64 (exact for 8-bit input) where the device has it; MPS has no float64.
     rgb = rgb.to(device, torch.float32 if device.type == "mps" else rgb.dtype)
-    lab = normalized_lab(rgb)
-    ab = ab.to(device).float()
+    return chroma_over_luminance(normalized_lab(rgb), ab.to(device).float(), gamut).to(output_device)
+
+
+def chroma_over_luminance(lab: Tensor, ab: Tensor, gamut: Gamut = "clip") -> Tensor:
+    """lab: the input's normalised Lab `B x 3 x H x W` (only L is used); ab: normalised chroma
+    `B x 2 x h x w` (float32), upsampled bilinearly when h x w differs from H x W. Returns
+    `B x 3 x H x W` float32 sRGB in [0, 1] on lab's device."""
     if tuple(ab.shape[-2:]) != tuple(lab.shape[-2:]):
         ab = F.interpolate(ab, size=tuple(lab.shape[-2:]), mode="bilinear", align_corners=False)
     lab_out = denormalize_lab(torch.cat([lab[:, :1], ab], dim=1))
     if gamut == "keep_luminance":
         lab_out = fit_chroma_to_gamut(lab_out)
-    return lab_to_rgb(lab_out).float().to(output_device)
+    return lab_to_rgb(lab_out).float()

@@ -11,10 +11,9 @@ import contextlib
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .color import denormalize_lab, fit_chroma_to_gamut, lab_to_rgb
+from .compose import chroma_over_luminance
 from .errors import InputError
 from .exemplars import EncodedExemplars, PreparedExemplar
 from .network import EncodedKey
@@ -81,19 +80,7 @@ class FramePipeline:
         Returns (rgb `B x 3 x H x W` float32 sRGB in [0, 1] on the output device, ab `B x 2 x h x w`
         unpadded normalised chroma at the processing size)."""
         ab = self.geometry.padding.crop(predictions.float())
-        return compose_rgb(lab, ab, self.geometry, self.gamut).to(self.output_device), ab
-
-
-def compose_rgb(lab: Tensor, ab: Tensor, geometry: Geometry, gamut: str = "clip") -> Tensor:
-    """lab: normalised Lab `B x 3 x H x W` of the input (only L is used); ab: unpadded normalised chroma
-    `B x 2 x h x w` at the processing size. Returns sRGB `B x 3 x H x W` float32 in [0, 1]: the chroma
-    upsampled (bilinear) over the input's luminance; "keep_luminance" shrinks out-of-gamut chroma."""
-    ab_full = ab if not geometry.resized else F.interpolate(
-        ab, size=geometry.input_size, mode="bilinear", align_corners=False)
-    lab_out = denormalize_lab(torch.cat([lab[:, :1], ab_full], dim=1))
-    if gamut == "keep_luminance":
-        lab_out = fit_chroma_to_gamut(lab_out)
-    return lab_to_rgb(lab_out).float()
+        return chroma_over_luminance(lab, ab, self.gamut).to(self.output_device), ab
 
 
 def _same_size(frames: list[Tensor]) -> list[Tensor]:

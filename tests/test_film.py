@@ -353,3 +353,16 @@ def test_jobs_round_trip_through_json_and_fingerprint_everything_that_matters(fr
                plan_jobs(fresh, FilmSettings(size="64", precision="bfloat16"), "a" * 64)[0],
                plan_jobs(fresh, FilmSettings(size="64"), "b" * 64)[0]]
     assert len({job.fingerprint, *(c.fingerprint for c in changed)}) == 4
+
+
+@pytest.mark.slow
+def test_bidirectional_renders_a_shot_with_one_exemplar_as_forward_does(fresh, golden_checkpoint):
+    shutil.copy(fresh.keyframe_path(1), fresh.dir / "exemplars")
+    assert film(*render_args(fresh.dir, golden_checkpoint, "--shots", "1")) == 0       # the shot asked for is done
+    forward = decoded(fresh.segment_path(1))
+    project = FilmProject.open(fresh.dir)
+    bidirectional = FilmSettings(size=SIZE, crf=0, propagation="bidirectional")
+    assert shot_states(project, bidirectional)[1].state == "stale"          # propagation is part of the job
+    assert film(*render_args(fresh.dir, golden_checkpoint, "--shots", "1", "--propagation", "bidirectional")) == 0
+    assert FilmProject.open(fresh.dir).status()[1].state == "done"
+    assert np.array_equal(decoded(fresh.segment_path(1)), forward)

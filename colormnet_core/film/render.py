@@ -1,11 +1,13 @@
 """Render one shot job into an H.264 segment. Writes no record: whoever commits decides (records.py).
 
-A job is rendered exactly as a shot of `colorize --shots`: memory and hidden state start afresh at
-the shot's first frame and the shot is colourised from the exemplars pinned inside it and the
-references, so a film assembled from segments shows the same frames as one run over the film with
-the same shots (tested). The segment's timestamps are the source's, shifted so that the shot starts
-at 0; the assembler shifts them back. Encoder options are fixed (thread count included), so the same
-job gives the same bytes on any machine with the same numerics (CPU fp32).
+A job is rendered exactly as a shot of `colorize --shots` with the job's propagation: memory and
+hidden state start afresh at the shot's first frame and the shot is colourised from the exemplars
+pinned inside it and the references, so a film assembled from segments shows the same frames as one
+run over the film with the same shots (tested). Bidirectional propagation buffers the stretch
+between the shot's first and last exemplar beside the segments. The segment's timestamps are the
+source's, shifted so that the shot starts at 0; the assembler shifts them back. Encoder options are
+fixed (thread count included), so the same job gives the same bytes on any machine with the same
+numerics (CPU fp32).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import av
 import torch
 
 from ..exemplars import EncodedExemplars, Exemplar
-from ..session import ColorizedFrame, ColorizeSession
+from ..propagation import make_session
+from ..session import ColorizedFrame
 from ..video_file import VideoWriter
 from ..video_io import read_image
 from .jobs import ShotJob
@@ -67,9 +70,10 @@ def render_job(job: ShotJob, network, *, out_path: str | Path, device: torch.dev
     shot-relative `ColorizedFrame`s; returning False cancels."""
     out_path = Path(out_path)
     settings = job.settings
-    session = ColorizeSession(network, shot_exemplars(job), settings.memory, size=settings.processing_size,
-                              device=device, precision=settings.precision, key_batch=key_batch,
-                              gamut=settings.gamut)
+    spill = {"spill_dir": out_path.parent} if settings.propagation == "bidirectional" else {}
+    session = make_session(network, shot_exemplars(job), settings.memory, propagation=settings.propagation,
+                           size=settings.processing_size, device=device, precision=settings.precision,
+                           key_batch=key_batch, gamut=settings.gamut, **spill)
     span = job.span
     start = span.pts[0]
     writer = VideoWriter(out_path, fps=span.fps, time_base=span.time_base, crf=settings.crf, overwrite=True,
