@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import logging
 import os
 import secrets
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ColorMNetError, InputError
+from .records import ProjectLocked
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,7 @@ class ShotOutcome:
 
     index: int
     done: bool = False
+    busy: bool = False         # another process holds the shot's lock: left to it
     error: str = ""
     attempts: int = 0
     host: str = ""
@@ -103,7 +106,11 @@ class RayOutcome:
 
     @property
     def failed(self) -> dict[int, str]:
-        return {s.index: s.error for s in self.shots if not s.done}
+        return {s.index: s.error for s in self.shots if not s.done and not s.busy}
+
+    @property
+    def busy(self) -> list[int]:
+        return [s.index for s in self.shots if s.busy]
 
 
 def import_ray():
@@ -219,11 +226,20 @@ class _Driver:
         self.outcome = RayOutcome()
         self.started = time.perf_counter()
 
-    def submit(self, job, shot: ShotOutcome, in_flight: dict) -> None:
+    def submit(self, job, shot: ShotOutcome, in_flight: dict) -> bool:
+        """Start a task for `job` holding the shot's lock (as the in-process render does); False if
+        another process holds the lock (the shot is left to it)."""
+        lock = contextlib.ExitStack()
+        try:
+            lock.enter_context(self.project.shot_lock(job.index))
+        except ProjectLocked:
+            shot.busy, shot.error = True, "another process is rendering it"
+            return False
         shot.attempts += 1
         partial = self.project.partial_segment_path(job)
         ref = self.task.remote(job.to_json(), {**self.spec_base, "partial": str(partial)})
-        in_flight[ref] = (job, shot, partial, time.monotonic())
+        in_flight[ref] = (job, shot, partial, time.monotonic(), lock)
+        return True
 
     def run(self, jobs) -> RayOutcome:
         shots = {job.index: ShotOutcome(job.index) for job in jobs}
@@ -234,22 +250,26 @@ class _Driver:
         for _ in range(len(jobs) * (self.retries + 2) + 1):
             while pending and len(in_flight) < self.workers:
                 job = pending.popleft()
-                self.submit(job, shots[job.index], in_flight)
+                if not self.submit(job, shots[job.index], in_flight):
+                    self.report(shots[job.index])
             if not in_flight:
                 break
             ref = self.next_ready(in_flight)
-            job, shot, partial, _ = in_flight.pop(ref)
-            ok = self.finish(ref, job, shot)
-            _remove_partials(partial)   # a failed attempt's file, or one a lost attempt left before Ray's retry
-            if not ok:
-                if shot.attempts <= self.retries:
-                    log.warning("shot %d: %s; rendering it again", job.index, shot.error)
-                    pending.append(job)
-                    continue
-            shot.finished_at = time.perf_counter() - self.started
-            if self.on_done is not None:
-                self.on_done(shot)
+            job, shot, partial, _, lock = in_flight.pop(ref)
+            with lock:
+                ok = self.finish(ref, job, shot)
+                _remove_partials(partial)   # a failed attempt's file, or one a lost attempt left before Ray's retry
+            if not ok and shot.attempts <= self.retries:
+                log.warning("shot %d: %s; rendering it again", job.index, shot.error)
+                pending.append(job)
+                continue
+            self.report(shot)
         return self.outcome
+
+    def report(self, shot: ShotOutcome) -> None:
+        shot.finished_at = time.perf_counter() - self.started
+        if self.on_done is not None:
+            self.on_done(shot)
 
     def next_ready(self, in_flight: dict):
         """The next finished task; a task over --shot-timeout is cancelled (and then counts as failed)."""
@@ -259,14 +279,14 @@ class _Driver:
                 return ready[0]
             if self.shot_timeout:
                 now = time.monotonic()
-                for ref, (job, *_, since) in in_flight.items():
+                for ref, (job, _, _, since, _) in in_flight.items():
                     if now - since > self.shot_timeout:
                         log.warning("shot %d: no result after %.0f s; cancelling it", job.index, now - since)
                         self.ray.cancel(ref, force=True)
 
     def finish(self, ref, job, shot: ShotOutcome) -> bool:
         """Check and commit one task's result; False (with shot.error) if it was not committed."""
-        from .jobs import SegmentResult
+        from .render import SegmentResult
 
         ray = self.ray
         try:

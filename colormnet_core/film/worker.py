@@ -99,7 +99,7 @@ def _localized(job: ShotJob, staged: dict) -> ShotJob:
     if not staged:
         return job
     source = fetch_staged(staged["source"]) if "source" in staged else Path(job.source)
-    exemplars = tuple(dataclasses.replace(e, path=fetch_staged(staged["exemplars"][e.sha256]))
+    exemplars = tuple(dataclasses.replace(e, path=str(fetch_staged(staged["exemplars"][e.sha256])))
                       if e.sha256 in staged.get("exemplars", {}) else e for e in job.exemplars)
     return dataclasses.replace(job, source=str(source), exemplars=exemplars)
 
