@@ -187,12 +187,22 @@ def render_with_ray(project, jobs, args: argparse.Namespace, *, checkpoint: Path
     `checkpoint` where present). checkpoint: the checkpoint's path on the driver (default
     args.checkpoint). on_done(ShotOutcome) is called after each shot is committed or has failed.
     Returns a RayOutcome; never raises for a single shot's failure (it is in the outcome)."""
-    from .worker import render_shot_task
-
     if not jobs:
         return RayOutcome()
     checkpoint = Path(checkpoint if checkpoint is not None else args.checkpoint)
-    ray = connect(args.ray, num_cpus=_local_cpus(args))
+    ray = import_ray()
+    joined = not ray.is_initialized()
+    connect(args.ray, num_cpus=_local_cpus(args))
+    try:
+        return _render(ray, project, jobs, args, checkpoint, on_done)
+    finally:
+        if joined:
+            ray.shutdown()   # leaves the cluster (and stops a local Ray that --ray auto started)
+
+
+def _render(ray, project, jobs, args, checkpoint: Path, on_done) -> RayOutcome:
+    from .worker import render_shot_task
+
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be at least 1 (got {args.workers}).")
     device, resources = task_resources(args, ray)
@@ -204,9 +214,11 @@ def render_with_ray(project, jobs, args: argparse.Namespace, *, checkpoint: Path
     spec_base = {"checkpoint": str(checkpoint), "device": device, "staged": staged,
                  "threads": args.threads or args.cpus_per_task, "key_batch": getattr(args, "key_batch", 1) or 1,
                  "probe": probe.as_spec() if probe else None}
+    driver = _Driver(ray, project, task, spec_base, args, on_done)
     try:
-        return _Driver(ray, project, task, spec_base, args, on_done).run(jobs)
+        return driver.run(jobs)
     finally:
+        driver.cancel_all()
         if probe is not None:
             probe.remove()
 
@@ -224,7 +236,15 @@ class _Driver:
         self.require_shared = getattr(args, "shared_folder", "auto") == "yes"
         self.on_done = on_done
         self.outcome = RayOutcome()
+        self.in_flight: dict = {}   # ref -> (job, shot, partial, submitted at, lock)
         self.started = time.perf_counter()
+
+    def cancel_all(self) -> None:
+        """Stop the tasks still running (Ctrl-C, an error) and release their shots' locks."""
+        for ref, (*_, lock) in self.in_flight.items():
+            self.ray.cancel(ref, force=True)
+            lock.close()
+        self.in_flight.clear()
 
     def submit(self, job, shot: ShotOutcome, in_flight: dict) -> bool:
         """Start a task for `job` holding the shot's lock (as the in-process render does); False if
@@ -245,7 +265,7 @@ class _Driver:
         shots = {job.index: ShotOutcome(job.index) for job in jobs}
         self.outcome.shots = [shots[job.index] for job in jobs]
         pending = collections.deque(jobs)
-        in_flight: dict = {}
+        in_flight = self.in_flight
         # Every result commits a shot, fails it, or resubmits it (at most `retries` times per shot).
         for _ in range(len(jobs) * (self.retries + 2) + 1):
             while pending and len(in_flight) < self.workers:
@@ -370,3 +390,27 @@ def print_outcome(outcome: RayOutcome, file=sys.stderr) -> None:
     loads = sum(outcome.model_loads.values())
     print(f"{len(outcome.done)} of {len(outcome.shots)} shots done on {len(outcome.model_loads)} worker "
           f"process(es); the network was loaded {loads} time(s)", file=file)
+
+
+def render_jobs_with_ray(project, todo, args, checkpoint: Path, failed: list, busy: list) -> int:
+    """`film render --ray`: what the command runs instead of its in-process loop (same contract: fills
+    `failed` with (job, reason) and `busy` with jobs; returns 130 on Ctrl-C, else 0), with a film-wide
+    progress bar that advances as shots are committed, then the per-shot report."""
+    from tqdm import tqdm
+
+    by_index = {job.index: job for job in todo}
+    with tqdm(total=sum(job.frames for job in todo), unit="frame", file=sys.stderr, desc="film (ray)") as bar:
+        def on_done(shot: ShotOutcome) -> None:
+            bar.update(by_index[shot.index].frames)
+            bar.set_postfix_str(f"shot {shot.index} {'done on ' + shot.host if shot.done else 'not done'}")
+
+        try:
+            outcome = render_with_ray(project, todo, args, checkpoint=checkpoint, on_done=on_done)
+        except KeyboardInterrupt:
+            print("\nstopped; the shots committed so far are kept. Run `film render` again to continue.",
+                  file=sys.stderr)
+            return 130
+    print_outcome(outcome)
+    failed.extend((by_index[i], reason) for i, reason in outcome.failed.items())
+    busy.extend(by_index[i] for i in outcome.busy)
+    return 0
