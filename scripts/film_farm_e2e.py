@@ -49,6 +49,24 @@ def kill_first_busy(hosts, stop: threading.Event, killed: list, after_s: float) 
         time.sleep(0.2)
 
 
+def farm_workflow(workflow: dict, models: list[str], steps: int) -> dict:
+    """The film workflow for this farm: the film's file in Load Video, the model files given, few steps."""
+    names = {spec.partition("=")[0].split("/")[0]: Path(spec.partition("=")[2]).name for spec in models}
+    for node in workflow.values():
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "LoadVideo":
+            inputs["file"] = "film.mp4"
+        elif kind == "ColorMNetModelLoader":
+            inputs["checkpoint"] = names["colormnet"]
+        elif kind == "CheckpointLoaderSimple" and "checkpoints" in names:
+            inputs["ckpt_name"] = names["checkpoints"]
+        elif kind == "KSampler":
+            inputs["steps"] = steps
+        elif kind == "ColorMNetRenderShot":   # the smallest size: a CPU farm check, not a quality check
+            inputs["processing_size"], inputs["custom_size"] = "custom", 112
+    return workflow
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--harness", required=True, type=Path, help="the comfy-e2e folder (has comfy_host.py)")
@@ -56,6 +74,8 @@ def main() -> int:
     ap.add_argument("--workflow", required=True, type=Path, help="API-format film workflow")
     ap.add_argument("--model", action="append", default=[], metavar="SUBDIR=FILE", help="more model files")
     ap.add_argument("--shots", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=2,
+                    help="sampler steps of the image model (few: its weights are random)")
     ap.add_argument("--kill-after", type=float, default=2.0, help="seconds into the first prompt before the kill")
     ap.add_argument("--keep", action="store_true", help="keep the servers' folders and the project")
     args = ap.parse_args()
@@ -68,17 +88,22 @@ def main() -> int:
     from tests.clips import make_shot_clip, panning_field
 
     work = Path(tempfile.mkdtemp(prefix="film-farm-"))
-    shared = work / "output"          # both servers' output directory: the project lives in it
+    shared, inputs = work / "output", work / "input"   # both servers' output and input folders
     shared.mkdir()
-    source = make_shot_clip(work / "film.mp4", shots=(6,) * args.shots)
-    project = shared / "films" / "farm"
+    inputs.mkdir()
+    source = make_shot_clip(inputs / "film.mp4", shots=(6,) * args.shots)
+    project = shared / "colormnet_films" / "farm"      # where the Film Project node looks for "farm"
     ranges = ",".join(f"{6 * k}-{6 * k + 5}" for k in range(args.shots))
+    project.parent.mkdir(parents=True)
     if cli(["film", "init", str(source), "--project", str(project), "--shots", ranges]) != 0:
         return 2
     Image.fromarray(panning_field(1, 64, 96, seed=99)[0]).save(project / "exemplars" / "reference.png")
     models = [f"colormnet={args.checkpoint.resolve()}", *args.model]
-    hosts = [ComfyHost(plugins=[f"{REPO}:comfyui-colormnet"], models=models, input_files=[str(source)],
-                       extra_args=["--output-directory", str(shared)], keep=args.keep) for _ in range(2)]
+    workflow = farm_workflow(json.loads(args.workflow.read_text()), models, args.steps)
+    (work / "workflow.json").write_text(json.dumps(workflow, indent=1))
+    hosts = [ComfyHost(plugins=[f"{REPO}:comfyui-colormnet"], models=models, keep=args.keep,
+                       extra_args=["--output-directory", str(shared), "--input-directory", str(inputs)])
+             for _ in range(2)]
     killed: list[str] = []
     stop = threading.Event()
     try:
@@ -88,7 +113,7 @@ def main() -> int:
         watcher.start()
         started = time.monotonic()
         run = subprocess.run([sys.executable, str(REPO / "scripts" / "queue_batch.py"), "--film", str(project),
-                              "--project-name", "films/farm", "--workflow", str(args.workflow),
+                              "--project-name", "farm", "--workflow", str(work / "workflow.json"),
                               "--server", hosts[0].url, "--server", hosts[1].url, "--timeout", "900"],
                              capture_output=True, text=True, timeout=1800)
         stop.set()

@@ -140,8 +140,12 @@ def connect(address: str, *, num_cpus: int | None = None):
         ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=False,
                  _node_ip_address="127.0.0.1")
         return ray
+    # A cluster on this machine's loopback (tests, one-box farms): the driver joins it as 127.0.0.1 too,
+    # else Ray would advertise the machine's outside address and look for the cluster there.
+    host = address.rpartition(":")[0].removeprefix("ray://")
+    local = {"_node_ip_address": "127.0.0.1"} if host in ("127.0.0.1", "localhost") else {}
     try:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, **local)
     except ConnectionError as e:
         raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {e}. Start it with `ray start --head` "
                              f"there, check the address, or use --ray auto for a local one.") from None
