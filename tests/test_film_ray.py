@@ -4,8 +4,13 @@ shot is removed mid-shot. Ray starts in ~10 s; the film is 4 tiny shots at proce
 
 from __future__ import annotations
 
-import shutil
-import sys
+import os
+
+# Before Ray is imported (it reads this once): keep 127.0.0.1 as the cluster's address.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+import shutil  # noqa: E402
+import sys  # noqa: E402
 import threading
 import time
 from pathlib import Path

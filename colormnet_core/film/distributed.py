@@ -142,14 +142,17 @@ def connect(address: str, *, num_cpus: int | None = None):
         return ray
     # A cluster on this machine's loopback (tests, one-box farms): the driver joins it as 127.0.0.1 too,
     # else Ray would advertise the machine's outside address and look for the cluster there.
-    host = address.rpartition(":")[0].removeprefix("ray://")
-    local = {"_node_ip_address": "127.0.0.1"} if host in ("127.0.0.1", "localhost") else {}
+    local = {"_node_ip_address": "127.0.0.1"} if _is_loopback(address) else {}
     try:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, **local)
     except ConnectionError as e:
         raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {e}. Start it with `ray start --head` "
                              f"there, check the address, or use --ray auto for a local one.") from None
     return ray
+
+
+def _is_loopback(address: str) -> bool:
+    return address.removeprefix("ray://").rpartition(":")[0] in ("127.0.0.1", "localhost")
 
 
 def _stage(ray, path: Path, key: str) -> dict:
@@ -194,6 +197,10 @@ def render_with_ray(project, jobs, args: argparse.Namespace, *, checkpoint: Path
     if not jobs:
         return RayOutcome()
     checkpoint = Path(checkpoint if checkpoint is not None else args.checkpoint)
+    if _is_loopback(args.ray):
+        # Ray reads this once, at its import: with it, "127.0.0.1" stays loopback instead of being
+        # replaced by the machine's outside address (where a loopback-only cluster does not listen).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray = import_ray()
     joined = not ray.is_initialized()
     connect(args.ray, num_cpus=_local_cpus(args))
