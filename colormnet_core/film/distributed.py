@@ -392,8 +392,9 @@ def _capacity(ray, resources: dict) -> int:
     return max(1, int(total.get("CPU", 1) // resources["num_cpus"]))
 
 
-def print_outcome(outcome: RayOutcome, file=sys.stderr) -> None:
+def print_outcome(outcome: RayOutcome, file=None) -> None:
     """The per-shot report: where each shot rendered, how long, how many attempts, or why it failed."""
+    file = file or sys.stderr
     for s in outcome.shots:
         where = f"{s.host} (node {s.node[:8]}, pid {s.pid})" if s.host else "-"
         state = "done" if s.done else f"FAILED: {s.error}"
