@@ -10,6 +10,17 @@ that feeds a ColorMNetLoadExemplar, that exemplar's frame (if given), and an out
 `colormnet/<video stem>`; it POSTs /prompt, follows the run over the websocket, retries failures up to
 --retries times, prints a per-video report and exits 1 if any video failed. Needs aiohttp (ComfyUI's
 own environment has it).
+
+Film mode (a film project, see `python -m colormnet_core film`), over servers that share the project folder:
+
+    python scripts/queue_batch.py --film output/films/myfilm --workflow workflows/api/colormnet_film_sd15.json \
+        --server http://127.0.0.1:8188 --server http://gpu2:8188 [--project-name films/myfilm]
+
+queues one prompt per shot that is not done (the workflow's ColorMNetFilmShot `shot` set to its index,
+the ColorMNetFilmProject's project name set when --project-name is given), each server rendering one
+shot at a time. When a server stops answering mid-shot, that server is dropped and its shot goes to
+another one; a shot counts as done only when the project's record says so. Prints which server
+rendered which shot; exits 1 if any shot is not done.
 """
 
 from __future__ import annotations
@@ -197,10 +208,147 @@ def report(jobs: list[Job]) -> str:
     return "\n".join(lines)
 
 
+def film_prompt(workflow: dict, shot: int, project_name: str | None) -> dict:
+    """A copy of the film workflow that renders `shot`: found by class_type, so any film workflow works."""
+    prompt = copy.deepcopy(workflow)
+    shots = [n for n in prompt.values() if n["class_type"] == "ColorMNetFilmShot"]
+    if not shots:
+        raise ValueError("the workflow has no ColorMNetFilmShot node; use a film workflow "
+                         "(workflows/api/colormnet_film_*.json)")
+    for node in shots:
+        node["inputs"]["shot"] = shot
+    if project_name is not None:
+        projects = [n for n in prompt.values() if n["class_type"] == "ColorMNetFilmProject"]
+        for node in projects:
+            names = [k for k, v in node["inputs"].items() if "project" in k and isinstance(v, str)]
+            if not names:
+                raise ValueError(f"the ColorMNetFilmProject node has no text input for the project name "
+                                 f"(inputs: {', '.join(node['inputs'])})")
+            node["inputs"][names[0]] = project_name
+    return prompt
+
+
+@dataclass
+class ShotRun:
+    """One film shot's way through the farm: which servers tried it, which one rendered it."""
+
+    index: int
+    status: str = "pending"
+    attempts: list[str] = field(default_factory=list)   # "<server>: <result>" per attempt
+    server: str = ""
+    seconds: float = 0.0
+
+
+async def alive(server: Server) -> bool:
+    try:
+        async with server.session.get(f"{server.url}/system_stats", timeout=aiohttp.ClientTimeout(total=5)) as r:
+            return r.status == 200
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        return False
+
+
+async def film_worker(server: Server, queue: asyncio.Queue, workflow: dict, project_name: str | None,
+                      is_done, retries: int, state: dict) -> None:
+    """Render shots from the queue on one server until it is empty or this server dies."""
+    while True:
+        if queue.empty():
+            if not state["in_flight"]:
+                return
+            await asyncio.sleep(0.2)   # a shot on another server may still come back here
+            continue
+        shot = queue.get_nowait()
+        state["in_flight"] += 1   # until the shot is done, failed or back in the queue
+        try:
+            gone = await film_attempt(server, shot, queue, workflow, project_name, is_done, retries, state)
+        finally:
+            state["in_flight"] -= 1
+        if gone:
+            return   # this server is down: the others take its shot and the rest
+
+
+async def film_attempt(server: Server, shot: ShotRun, queue: asyncio.Queue, workflow: dict,
+                       project_name: str | None, is_done, retries: int, state: dict) -> bool:
+    """One try of `shot` on `server`; requeues it if it may still succeed. True if the server is down."""
+    started = time.monotonic()
+    try:
+        await server.run(film_prompt(workflow, shot.index, project_name))
+        result = "ok"
+    except (RuntimeError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+        result = str(e) or type(e).__name__
+    if result == "ok" and not is_done(shot.index):
+        result = "the prompt finished but the project has no valid record of the shot"
+    shot.attempts.append(f"{server.url}: {result}")
+    shot.seconds += time.monotonic() - started
+    if result == "ok":
+        shot.status, shot.server = "done", server.url
+        print(f"done   shot {shot.index} on {server.url} ({shot.seconds:.1f} s)", flush=True)
+        return False
+    server_alive = await alive(server)
+    if not server_alive:
+        state["dead"].add(server.url)
+    # Attempts on servers that died do not count against the shot: the shot was not at fault.
+    failures = sum(1 for a in shot.attempts if not a.startswith(tuple(state["dead"])))
+    if (not server_alive and len(state["dead"]) < state["servers"]) or (server_alive and failures <= retries):
+        print(f"  again shot {shot.index}: {result}" + ("" if server_alive else f" ({server.url} is down)"),
+              file=sys.stderr, flush=True)
+        queue.put_nowait(shot)
+    else:
+        shot.status = "failed"
+        print(f"failed shot {shot.index}: {result}", flush=True)
+    return not server_alive
+
+
+async def run_film(workflow: dict, shots: list[int], servers: list[str], *, is_done, project_name: str | None,
+                   retries: int, timeout: float) -> list[ShotRun]:
+    """Queue `shots` over `servers`; is_done(shot) says whether the project records the shot as done."""
+    runs = [ShotRun(i) for i in shots]
+    queue: asyncio.Queue = asyncio.Queue()
+    for run in runs:
+        queue.put_nowait(run)
+    state = {"dead": set(), "in_flight": 0, "servers": len(servers)}
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(film_worker(Server(url, session, timeout), queue, workflow, project_name, is_done,
+                                           retries, state) for url in servers))
+    for run in runs:
+        if run.status == "pending":
+            run.status = "failed"
+            run.attempts.append("no server left")
+    return runs
+
+
+def film_report(runs: list[ShotRun]) -> str:
+    lines = [f"{'shot':>4s}  {'status':6s}  {'seconds':>8s}  server / attempts"]
+    for r in runs:
+        lines.append(f"{r.index:4d}  {r.status:6s}  {r.seconds:8.1f}  {r.server or '-'}  [{'; '.join(r.attempts)}]")
+    done = sum(r.status == "done" for r in runs)
+    lines.append(f"{done} of {len(runs)} shots done, {len(runs) - done} not")
+    return "\n".join(lines)
+
+
+def film_main(args: argparse.Namespace, workflow: dict) -> int:
+    """--film: the project's shots that are not done, one prompt each, over the servers."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from colormnet_core.film import FilmProject
+
+    def states() -> dict[int, str]:
+        return {s.index: s.state for s in FilmProject.open(args.film).status()}
+
+    todo = [i for i, state in states().items() if state != "done"]
+    print(f"{len(todo)} shot(s) to render: {todo}", file=sys.stderr)
+    runs = asyncio.run(run_film(workflow, todo, args.server or ["http://127.0.0.1:8188"],
+                                is_done=lambda i: states().get(i) == "done", project_name=args.project_name,
+                                retries=args.retries, timeout=args.timeout))
+    print(film_report(runs))
+    return 0 if all(r.status == "done" for r in runs) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workflow", required=True, type=Path, help="API-format workflow (workflows/api/*.json)")
-    parser.add_argument("--jobs", required=True, type=Path, help="CSV with columns video,exemplar[,frame]")
+    parser.add_argument("--jobs", type=Path, help="CSV with columns video,exemplar[,frame]")
+    parser.add_argument("--film", type=Path, help="film project folder the servers share: render its shots")
+    parser.add_argument("--project-name", default=None,
+                        help="--film: the project name the servers' Film Project node opens (default: the workflow's)")
     parser.add_argument("--server", action="append", default=None, help="ComfyUI URL; repeat for several")
     parser.add_argument("--retries", type=int, default=2, help="extra attempts per failed video")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one video may take")
@@ -209,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     if "nodes" in workflow:
         raise SystemExit(f"{args.workflow} is a UI-format workflow; use its API twin (workflows/api/) or "
                          f"export with 'Export (API)' in ComfyUI.")
+    if (args.jobs is None) == (args.film is None):
+        parser.error("give either --jobs (videos) or --film (a film project's shots)")
+    if args.film is not None:
+        return film_main(args, workflow)
     jobs = read_jobs(args.jobs)
     done = asyncio.run(run_batch(workflow, jobs, args.server or ["http://127.0.0.1:8188"], args.retries, args.timeout))
     print(report(done))

@@ -16,6 +16,7 @@ from ..cli import add_memory_arguments, memory_from_args, pick_device
 from ..errors import Cancelled
 from ..shots import ShotDetectorConfig, parse_shots
 from .assemble import assemble_film
+from .distributed import add_ray_arguments, render_jobs_with_ray
 from .jobs import FilmSettings
 from .plan import has_colour_source, plan_jobs, state_of
 from .project import FilmProject
@@ -67,6 +68,7 @@ def add_film_parser(subparsers) -> None:
                         help="forward: the official one-way propagation; bidirectional: blend a backward pass "
                              "from each later exemplar (fewer colour jumps at keyframes)")
     add_memory_arguments(render)
+    add_ray_arguments(render)
     render.set_defaults(handler=_render)
     assemble = sub.add_parser("assemble", help="join the segments (no re-encoding) with the source's sound")
     assemble.add_argument("--project", required=True)
@@ -125,7 +127,11 @@ def _render(args: argparse.Namespace) -> int:
         print(f"{len(jobs) - len(needs) - len(todo)} shots done, {len(todo)} to render, {len(needs)} need an "
               f"exemplar", file=sys.stderr)
         failed, busy = [], []
-        if todo:
+        if todo and args.ray:
+            code = render_jobs_with_ray(project, todo, args, checkpoint, failed, busy)
+            if code:
+                return code
+        elif todo:
             device = pick_device(args.device)
             network = load_model(checkpoint, device=device)
             code = _render_jobs(project, todo, network, device, args.key_batch, failed, busy)
