@@ -162,12 +162,19 @@ class ColorMNetFilmProject:
 
             detector = ShotDetectorConfig(threshold=float(threshold), min_shot_length=int(min_shot_length))
             log.info("ColorMNet: creating film project %s from %s", folder, source)
-            opened = film.FilmProject.init(source, folder, shots="auto", detector=detector)
+            update = host.progress(100)
+            opened = film.FilmProject.init(source, folder, shots="auto", detector=detector,
+                                           progress=lambda done, total: _tick(update, done, total))
         lines = summary(opened)
         host.show_status(unique_id, lines)
         log.info("ColorMNet film %s: %s", project, " ".join(lines))
         value = Film(opened.dir, tuple((int(s[0]), int(s[1])) for s in opened.shots), int(opened.frame_count))
         return {"ui": {"text": lines}, "result": (value,)}
+
+
+def _tick(update, done: int, total: int) -> None:
+    host.raise_if_interrupted()   # Cancel stops shot detection (no film.json yet: nothing to clean)
+    update(int(100 * done / total) if total else 0)
 
 
 def _source_path(video, file: str, folder: Path, project: str) -> Path:
@@ -337,19 +344,14 @@ def render_one(project, job, model, device: torch.device, key_batch: int) -> lis
     """Renders `job` to a partial segment and commits it (under the shot's lock); returns the confidence
     per frame. Progress per frame; Cancel stops within a frame and leaves no partial file."""
     film = _core()
-    confidence: list[float] = []
-    update = host.progress(job.last - job.first + 1)
-
-    def on_frame(result):
-        confidence.append(float(result.confidence))
-        update(len(confidence))
+    update = host.progress(job.frames)
 
     with project.shot_lock(job.index):
         partial = project.partial_segment_path(job)
         network = model.network(device)
         try:
             result = film.render_job(job, network, out_path=partial, device=device, key_batch=key_batch,
-                                     on_frame=on_frame, should_stop=host.interrupted)
+                                     on_frame=lambda frame: update(frame.index + 1), should_stop=host.interrupted)
             project.commit(job, result)
         except Cancelled:
             host.raise_if_interrupted()   # ComfyUI's own interruption exception, so the UI shows "interrupted"
@@ -360,6 +362,7 @@ def render_one(project, job, model, device: torch.device, key_batch: int) -> lis
         finally:
             model.offload()
             partial.unlink(missing_ok=True)   # committed: already renamed; otherwise a cut-short file
+    confidence = [float(c) for c in result.confidence]
     target = _confidence_file(job.fingerprint)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(confidence))
@@ -430,6 +433,7 @@ class ColorMNetRenderShot:
         settings = film_settings(model, memory, size, keep_luminance, crf, device)
         sha = checkpoint_sha256(model.path)
         (job,) = core.plan_jobs(project, settings, sha, shots=[shot])
+        project.remember_settings(settings, sha)   # Film Project's summary and Assemble judge against these
         state = project.status(settings, sha)[shot]
         if state.state == "needs_exemplar":
             raise InputError(f"shot {shot} (frames {job.first}-{job.last}) has no exemplar: pin one inside it (Load "
@@ -446,7 +450,7 @@ class ColorMNetRenderShot:
         plot = confidence_plot(confidence, [(0, len(confidence) - 1)], (), pinned) if confidence else \
             _placeholder_plot(f"Shot {shot} was rendered earlier;\nits confidence is shown when it renders.")
         host.show_status(unique_id, notes)
-        video, ui = _preview(project.dir / "segments" / f"{job.first:06d}.mp4", f"colormnet_shot_{job.first:06d}")
+        video, ui = _preview(project.segment_path(shot), f"colormnet_shot_{job.first:06d}")
         return {"ui": {**ui, "text": notes}, "result": (video, plot)}
 
 
