@@ -14,6 +14,7 @@ import torch
 from .config import MemoryConfig
 from .errors import Cancelled
 from .exemplars import EncodedExemplars, Exemplar
+from .metrics import ShotMetrics
 from .preprocess import ProcessingSize
 from .session import ColorizeSession
 from .shots import parse_shots
@@ -70,6 +71,12 @@ def add_colorize_parser(subparsers) -> None:
                         "first frame or a reference. Default 'none': one continuous run (official behaviour)")
     p.add_argument("--report", default=None, metavar="JSON",
                    help="write shots, per-frame match confidence and the frames that need an exemplar here")
+    add_memory_arguments(p)
+    p.set_defaults(handler=run_colorize)
+
+
+def add_memory_arguments(p: argparse.ArgumentParser) -> None:
+    """The MFP memory options (defaults: the official release's); `memory_from_args` reads them."""
     mem = p.add_argument_group("memory (MFP); defaults are the official release's")
     defaults = MemoryConfig()
     mem.add_argument("--mem-every", type=int, default=defaults.mem_every, help="r: memory frame interval")
@@ -81,7 +88,14 @@ def add_colorize_parser(subparsers) -> None:
     mem.add_argument("--no-long-term", action="store_true", help="disable long-term memory (short clips only)")
     mem.add_argument("--exemplars-not-permanent", action="store_true",
                      help="let consolidation evict exemplars like any memory frame (official behaviour)")
-    p.set_defaults(handler=run_colorize)
+
+
+def memory_from_args(args: argparse.Namespace) -> MemoryConfig:
+    return MemoryConfig(
+        mem_every=args.mem_every, top_k=args.top_k, min_mid_term_frames=args.min_mid_term_frames,
+        max_mid_term_frames=args.max_mid_term_frames, num_prototypes=args.num_prototypes,
+        max_long_term_elements=args.max_long_term_elements, enable_long_term=not args.no_long_term,
+        permanent_exemplars=not args.exemplars_not_permanent)
 
 
 def run_colorize(args: argparse.Namespace) -> int:
@@ -90,11 +104,7 @@ def run_colorize(args: argparse.Namespace) -> int:
 
     checkpoint = find_checkpoint(args.checkpoint)   # first: without weights nothing else matters
 
-    memory = MemoryConfig(
-        mem_every=args.mem_every, top_k=args.top_k, min_mid_term_frames=args.min_mid_term_frames,
-        max_mid_term_frames=args.max_mid_term_frames, num_prototypes=args.num_prototypes,
-        max_long_term_elements=args.max_long_term_elements, enable_long_term=not args.no_long_term,
-        permanent_exemplars=not args.exemplars_not_permanent)
+    memory = memory_from_args(args)
     size = ProcessingSize.parse(args.size)
     shots = parse_shots(args.shots)
     # Everything that can be wrong with the input is checked before the model loads and work starts.
@@ -111,20 +121,24 @@ def run_colorize(args: argparse.Namespace) -> int:
     session = ColorizeSession(network, exemplars, memory, size=size, device=device, precision=args.dtype,
                               key_batch=args.key_batch, compile=args.compile, shots=shots)
     total = source.estimated_count
+    # Temporal metrics for the report, from the frames as they stream (bounded memory, see ShotMetrics).
+    metrics = ShotMetrics(exemplars.pinned_frames) if args.report else None
     started = time.perf_counter()
     with writer:
         try:
             for result in session.run(source):
                 writer.write(result.rgb, result.index)
+                if metrics is not None:
+                    metrics.add(result.index, result.shot, result.rgb)
                 _progress(result.index + 1, total, started)
         except (KeyboardInterrupt, Cancelled):
             writer.abort()
             kept = "nothing was written (a colorization cannot resume from a partial video)" if writer.video \
                 else f"they are in {args.output}"
             print(f"\nstopped after {writer.count} frames; {kept}", file=sys.stderr)
-            _write_report(args.report, session)
+            _write_report(args.report, session, metrics)
             return 130
-    _write_report(args.report, session)
+    _write_report(args.report, session, metrics)
     elapsed = time.perf_counter() - started
     print(f"\n{writer.count} frames -> {args.output} in {elapsed:.1f} s "
           f"({writer.count / max(elapsed, 1e-9):.2f} frames/s)", file=sys.stderr)
@@ -133,11 +147,16 @@ def run_colorize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_report(path: str | None, session: ColorizeSession) -> None:
-    """The session's report as JSON: shots, per-frame confidence, frames that need an exemplar."""
+def _write_report(path: str | None, session: ColorizeSession, metrics: ShotMetrics | None = None) -> None:
+    """The session's report as JSON: shots, per-frame confidence, frames that need an exemplar, and per
+    shot (lists aligned with "shots") the output's "cdc" and "keyframe_pop" (see `metrics.ShotMetrics`)."""
     if path is None or session.frames_done == 0:
         return
     report = session.report()
+    if metrics is not None:
+        per_shot = metrics.per_shot()
+        report["cdc"] = [shot["cdc"] for shot in per_shot]
+        report["keyframe_pop"] = [shot["keyframe_pop"] for shot in per_shot]
     Path(path).write_text(json.dumps(report) + "\n")
     if report["needs_exemplar"]:
         print(f"frames that would gain from an exemplar: {report['needs_exemplar']} (report: {path})",

@@ -1,12 +1,9 @@
-"""One video's colorization: the official per-frame schedule, with our exemplar and size extensions.
+"""One video's colorization: frames in, colour frames out, with our exemplar, size and shot extensions.
 
-Per frame t (official `InferenceCore.step` / `step_AnyExemplar`):
-* memory frame when r frames passed since the last one, or an exemplar arrives; never the last frame;
-* hidden state: zeros at an exemplar; deep update by the value encoder at memory frames (or every
-  `deep_update_every` frames, applied at the next memory frame), decoder update at other frames,
-  none at the last frame;
-* readout = top-k memory read + LA to the last memory frame (no LA for frame 0 of the reference path);
-* at a pinned exemplar's frame the output chroma is the exemplar's.
+The session turns frames into network inputs (Lab at the processing geometry, keys encoded in
+batches), hands each frame to the current `ShotRun` (`shot_run.py`: the official per-frame schedule,
+memory and hidden state over one continuous run) and rebuilds full-resolution RGB from the predicted
+chroma and the input's own luminance.
 
 Shots (ours): with a shot list (or "auto" detection) and `reset_at_cuts`, every shot is colorized as
 if it were a video of its own: memory, hidden state and the schedule start afresh at its first frame,
@@ -23,19 +20,18 @@ from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from typing import Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .allocator import retain_freed_memory
-from .color import denormalize_lab, fit_chroma_to_gamut, lab_to_rgb
-from .confidence import MemoryConfidence
 from .config import MemoryConfig, working_precision
 from .errors import Cancelled, InputError
-from .exemplars import EncodedExemplars, PreparedExemplar
-from .memory import MemoryEventHook, MFPMemory
+from .exemplars import EncodedExemplars
+from .memory import MemoryEventHook
 from .network import ColorMNet, EncodedKey
-from .preprocess import Geometry, ProcessingSize, as_rgb, network_image, normalized_lab
-from .shots import Shot, ShotDetector, ShotDetectorConfig, needs_exemplar, validate_shots
+from .pipeline import FramePipeline
+from .preprocess import Geometry, ProcessingSize
+from .shot_run import ShotBoundaries, ShotRun, check_colour_source, check_pinned_within
+from .shots import Shot, ShotDetectorConfig, needs_exemplar
 
 log = logging.getLogger(__name__)
 
@@ -105,18 +101,8 @@ class ColorizeSession:
         if key_batch < 1:
             raise InputError(f"key_batch must be at least 1, got {key_batch}.")
         self.exemplars = exemplars
-        if shots is not None and shots != "auto" and isinstance(shots, str):
-            raise InputError(f"shots must be a list of shots, 'auto' or None, not {shots!r} "
-                             f"(use shots.parse_shots to read text such as 0-119,120-300).")
-        self._shots = None if shots is None or shots == "auto" else validate_shots(shots)
-        self._detector = ShotDetector(shot_config) if shots == "auto" else None
-        self.reset_at_cuts = reset_at_cuts and shots is not None
-        self._starts = {0} if self._shots is None else {s.first for s in self._shots}
-        if self.reset_at_cuts and self._shots is not None:
-            for i, shot in enumerate(self._shots):
-                self._check_shot_source(i, shot.first, shot.last)
-        else:
-            self._check_schedule()
+        self._bounds = ShotBoundaries(shots, shot_config, reset_at_cuts, exemplars)
+        self.reset_at_cuts = self._bounds.reset
         self.network = network
         self.memory_config = memory or MemoryConfig()
         self.size = size or ProcessingSize()
@@ -127,19 +113,12 @@ class ColorizeSession:
         self.on_memory_event = on_memory_event
         self.gamut = gamut
         self._stages = _compiled_stages(network) if compile else network
-        self.geometry: Geometry | None = None
-        self.memory: MFPMemory | None = None
+        self._pipeline = FramePipeline(network, self._stages, exemplars, self.size, self.device, self.amp_dtype,
+                                       gamut, self.output_device)
         self._t = -1
-        self._prepared: list[PreparedExemplar] = []
-        self._last_mem_t = 0
-        self._last_deep_t = -self.memory_config.deep_update_every
-        self._hidden: Tensor | None = None
-        self._last_key: Tensor | None = None
-        self._last_value: Tensor | None = None
-        self._shot_first = 0            # first frame of the current shot; the schedule counts from it
+        self._run: ShotRun | None = None   # the current continuous run (one per shot with a reset)
         self._shot_index = -1
         self._confidence: list[Tensor | float] = []
-        self._memory_confidence: MemoryConfidence | None = None
         self._frame_shot: list[int] = []
 
     # -- public API ---------------------------------------------------------------------------
@@ -151,11 +130,7 @@ class ColorizeSession:
     @property
     def shots(self) -> list[Shot]:
         """The shots of the frames done so far (given, detected, or one shot without shots)."""
-        done = self.frames_done
-        if done == 0:
-            return []
-        starts = sorted(s for s in self._starts if s < done)
-        return [Shot(first, last) for first, last in zip(starts, [s - 1 for s in starts[1:]] + [done - 1])]
+        return self._bounds.shots(self.frames_done)
 
     @property
     def confidence(self) -> list[float]:
@@ -181,11 +156,10 @@ class ColorizeSession:
 
         `last=True` marks the video's last frame (the official pipeline never memorises it); with a
         shot list and reset, a shot's last frame is marked by the session. "auto" shots need `run`."""
-        if self._detector is not None:
+        if self._bounds.detector is not None:
             raise InputError("shots='auto' needs run() (it looks one frame ahead); give a shot list to use step().")
-        t = self.frames_done
-        if self.reset_at_cuts and self._shots is not None:
-            last = last or (t + 1) in self._starts
+        if self.reset_at_cuts:
+            last = last or self.frames_done + 1 in self._bounds.starts
         return self._annotate(next(self._process([frame], [last])))
 
     def run(
@@ -205,22 +179,19 @@ class ColorizeSession:
         if total == 0:
             raise InputError("the video has no frames; check the input path or the node that loads it.")
         if total is not None:
-            self._check_pinned_within(total)
-            if self._shots is not None:
-                validate_shots(self._shots, total)
+            check_pinned_within(self.exemplars, total)
+            self._bounds.check_length(total, finished=False)
         iterator = iter(frames)
         pending = next(iterator, None)
         if pending is None:
             raise InputError("the video has no frames; check the input path or the node that loads it.")
         index = self.frames_done              # index of `pending`
-        self._starts_shot(pending, index)
+        self._bounds.read(pending, index)
         # On the CPU, freed activations are reused instead of faulted in afresh (allocator.py).
         with retain_freed_memory() if self.device.type == "cpu" else contextlib.nullcontext():
             yield from self._run_chunks(pending, iterator, index, on_frame, should_stop)
-        self._check_pinned_within(self.frames_done)
-        if self._shots is not None and self.frames_done != self._shots[-1].last + 1:
-            raise InputError(f"the shots cover frames 0-{self._shots[-1].last} but the video had "
-                             f"{self.frames_done} frames; make the shot list match the video.")
+        check_pinned_within(self.exemplars, self.frames_done)
+        self._bounds.check_length(self.frames_done, finished=True)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -234,7 +205,7 @@ class ColorizeSession:
                 chunk.append(pending)
                 pending = next(iterator, None)
                 index += 1
-                cut = pending is not None and self._starts_shot(pending, index) and self.reset_at_cuts
+                cut = pending is not None and self._bounds.read(pending, index) and self.reset_at_cuts
                 lasts.append(pending is None or cut)
                 if cut:       # a key batch never spans a cut: batches match those of a per-shot run
                     break
@@ -244,182 +215,55 @@ class ColorizeSession:
                     raise Cancelled(f"stopped by the caller after {result.index + 1} frames.")
                 yield result
 
-    def _check_schedule(self) -> None:
-        pinned = self.exemplars.pinned_frames
-        if not self.exemplars.references and pinned and pinned[0] != 0:
-            raise InputError(
-                f"the first exemplar is pinned to frame {pinned[0]}, so frames 0-{pinned[0] - 1} have no "
-                f"colour source. Pin an exemplar to frame 0, or add one as a reference (not a frame of the video).")
-
-    def _check_shot_source(self, index: int, first: int, last: int | None) -> None:
-        """With a reset, shot `index` (frames first..last, last None = not known yet) must start from
-        an exemplar pinned to its first frame or from the references, like any video."""
-        if self.exemplars.references:
-            return
-        if last is None:
-            if first not in self.exemplars.pinned_frames:
-                raise InputError(
-                    f"a cut was detected at frame {first} (shot {index} starts there) but no exemplar is pinned "
-                    f"to frame {first} and there is no reference, so nothing gives that shot colours. Pin an "
-                    f"exemplar to frame {first}, add a reference exemplar, give the shot list yourself, or "
-                    f"run without per-shot reset.")
-            return
-        frames = f"frames {first}-{last}"
-        inside = [f for f in self.exemplars.pinned_frames if f >= first and (last is None or f <= last)]
-        if not inside:
-            raise InputError(
-                f"shot {index} ({frames}) has no exemplar and there is no reference, so nothing gives it "
-                f"colours. Pin an exemplar to frame {first} (e.g. its keyframe coloured by an image model), "
-                f"add a reference exemplar (not pinned to a frame), or run without per-shot reset.")
-        if inside[0] != first:
-            raise InputError(
-                f"shot {index} ({frames}) starts at frame {first} but its first exemplar is pinned to frame "
-                f"{inside[0]}, so frames {first}-{inside[0] - 1} have no colour source. Pin an exemplar to "
-                f"frame {first}, add a reference exemplar, or run without per-shot reset.")
-
-    def _starts_shot(self, frame: Tensor, index: int) -> bool:
-        """Whether frame `index` (about to be read) starts a new shot; feeds the "auto" detector."""
-        if self._detector is not None and self._detector.push(frame):
-            self._starts.add(index)
-        if self._shots is not None and index > self._shots[-1].last:
-            raise InputError(f"the video has more frames than the shots cover (0-{self._shots[-1].last}); "
-                             f"make the last shot end at the video's last frame.")
-        return index > 0 and index in self._starts
-
     def _annotate(self, result: ColorizedFrame) -> ColorizedFrame:
         confidence = self._confidence[result.index]
         if isinstance(confidence, Tensor):
             confidence = self._confidence[result.index] = float(confidence)
         return result._replace(confidence=confidence, shot=self._frame_shot[result.index])
 
-    def _begin_shot(self, t: int) -> None:
-        """Per-shot reset at frame t: a fresh memory, hidden state and schedule, as in a new session."""
-        if self._shots is None:
-            self._check_shot_source(self._shot_index, t, None)
-        self.memory = MFPMemory(self.memory_config, on_event=self.on_memory_event)
-        self._shot_first = t
-        self._last_mem_t = 0
-        self._last_deep_t = -self.memory_config.deep_update_every
-        self._hidden = self._last_key = self._last_value = None
+    @property
+    def geometry(self) -> Geometry | None:
+        """The processing geometry (planned from the first frame; None before it)."""
+        return self._pipeline.geometry
 
-    def _check_pinned_within(self, total: int) -> None:
-        outside = [f for f in self.exemplars.pinned_frames if f >= total]
-        if outside:
-            raise InputError(
-                f"exemplar(s) pinned to frame(s) {outside}, but the video has {total} frames "
-                f"(0-{total - 1}); pin them to frames that exist or use them as references.")
+    @property
+    def memory(self):
+        """The current run's `MFPMemory` (None before the first frame)."""
+        return None if self._run is None else self._run.memory
 
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
-    def _start(self, height: int, width: int) -> None:
-        self.geometry = Geometry.plan(height, width, self.size)
-        self.memory = MFPMemory(self.memory_config, on_event=self.on_memory_event)
-        with self._autocast():
-            self._prepared = self.exemplars.prepare(self.network, self.geometry, self.device)
+    def _begin_run(self, t: int) -> None:
+        """A fresh `ShotRun` from frame t: memory, hidden state and schedule start afresh."""
+        self._run = ShotRun(self._stages, self._pipeline.prepared, self.memory_config, first=t,
+                            autocast=self._pipeline.autocast, on_memory_event=self.on_memory_event)
 
     @torch.inference_mode()
     def _process(self, frames: list[Tensor], lasts: list[bool],
                  should_stop: Callable[[], bool] | None = None) -> Iterator[ColorizedFrame]:
-        rgb = as_rgb(torch.stack([f if f.dim() == 3 else f.unsqueeze(0) for f in _same_size(frames)]))
-        if self.geometry is None:
-            self._start(*rgb.shape[-2:])
-        elif tuple(rgb.shape[-2:]) != self.geometry.input_size:
-            h, w = self.geometry.input_size
-            raise InputError(f"frame {self._t + 1} is {rgb.shape[-1]}x{rgb.shape[-2]} but the video started at "
-                             f"{w}x{h}; all frames of a video must have one size (resize them first).")
-        # float64 (exact for 8-bit input) where the device has it; MPS has no float64.
-        rgb = rgb.to(self.device, torch.float32 if self.device.type == "mps" else rgb.dtype)
-        lab = normalized_lab(rgb)                                     # B x 3 x H x W, input size
-        images = network_image(lab, self.geometry)
-        with self._autocast():
-            keys = self._stages.encode_key(images, need_shrinkage=True)
+        first = self._t + 1
+        encoded = self._pipeline.encode(frames, first)
         predictions = []
         for i, last in enumerate(lasts):
             if should_stop is not None and should_stop():
                 raise Cancelled(f"cancelled after {self._t + 1} frames.")
-            key = EncodedKey(keys.key[i:i + 1], keys.shrinkage[i:i + 1], keys.selection[i:i + 1],
-                             type(keys.features)(*(f[i:i + 1] for f in keys.features)))
-            predictions.append(self._step(images[i:i + 1], key, last))
-        ab = torch.cat(predictions).float()                           # B x 2 x Hp x Wp
-        ab = self.geometry.padding.crop(ab)
-        ab_full = ab if not self.geometry.resized else F.interpolate(
-            ab, size=self.geometry.input_size, mode="bilinear", align_corners=False)
-        lab_out = denormalize_lab(torch.cat([lab[:, :1], ab_full], dim=1))
-        if self.gamut == "keep_luminance":
-            lab_out = fit_chroma_to_gamut(lab_out)
-        rgb_out = lab_to_rgb(lab_out).float()
-        rgb_out = rgb_out.to(self.output_device)
-        first = self._t - len(lasts) + 1
+            predictions.append(self._step(encoded.images[i:i + 1], encoded.key(i), last))
+        rgb, ab = self._pipeline.compose(encoded.lab, torch.cat(predictions))
         for i in range(len(lasts)):
-            yield ColorizedFrame(first + i, rgb_out[i], ab[i])
+            yield ColorizedFrame(first + i, rgb[i], ab[i])
 
     def _step(self, image: Tensor, key: EncodedKey, last: bool) -> Tensor:
-        """The official schedule for one frame; returns the padded prediction `1 x 2 x Hp x Wp`."""
+        """Frame bookkeeping (shots, reset, confidence) around `ShotRun.step`; returns the padded
+        prediction `1 x 2 x Hp x Wp`."""
         self._t += 1
-        if self._t in self._starts:
+        if self._t in self._bounds.starts:
             self._shot_index += 1
-            if self._t > 0 and self.reset_at_cuts:
-                self._begin_shot(self._t)
+            if self._t > 0 and self.reset_at_cuts and self._bounds.listed is None:
+                check_colour_source(self.exemplars, self._shot_index, self._t, None)
+            if self._run is None or self.reset_at_cuts:
+                self._begin_run(self._t)
         self._frame_shot.append(self._shot_index)
-        frame = self._t                 # the video's frame index (pinned exemplars, events)
-        t = frame - self._shot_first    # the schedule's index: counts from the shot's first frame
-        cfg, net, memory = self.memory_config, self._stages, self.memory
-        if self._memory_confidence is None or self._memory_confidence.memory is not memory:
-            self._memory_confidence = MemoryConfidence(memory)
-        tracker = self._memory_confidence
-        pinned = next((p for p in self._prepared if p.frame == frame), None)
-        references = [p for p in self._prepared if p.frame is None] if t == 0 else []
-        confidence: Tensor | float = 1.0
-        sync = cfg.deep_update_every < 0
-        is_mem = ((t - self._last_mem_t >= cfg.mem_every) or pinned is not None or bool(references)) and not last
-        is_deep = ((sync and is_mem) or (not sync and t - self._last_deep_t >= cfg.deep_update_every)) and not last
-        is_normal = (not sync or not is_deep) and not last
-        with self._autocast():
-            if references:
-                # Official any-exemplar path: references enter memory before frame 0 is predicted,
-                # from a zero hidden state and without deep update; frame 0 gets no LA term.
-                self._hidden = net.empty_hidden(key.features.f16)
-                for ref in references:
-                    before = memory.stats
-                    memory.add(ref.key, ref.shrinkage, ref.selection, ref.value, permanent=True, frame_index=frame)
-                    tracker.added(before, 1.0)
-                    self._last_key, self._last_value = ref.key, ref.value
-                if pinned is None:
-                    is_deep = False
-            if pinned is not None:
-                prediction = pinned.ab
-                self._hidden = net.empty_hidden(key.features.f16)
-            else:
-                readout = memory.read(key.key, key.selection)
-                confidence = tracker.frame()
-                if not references:
-                    readout = readout + net.read_short_term(key.key, self._last_key, self._last_value)
-                prediction, out = net.decode(key.features, readout, self._hidden, update_hidden=is_normal)
-                if is_normal and out.hidden is not None:
-                    self._hidden = out.hidden
-            if is_mem:
-                value, hidden = net.encode_value(image, key.features.f16, self._hidden, prediction, deep_update=is_deep)
-                before = memory.stats
-                memory.add(key.key, key.shrinkage, key.selection, value, permanent=pinned is not None,
-                           frame_index=frame)
-                tracker.added(before, confidence)
-                self._last_mem_t = t
-                self._last_key, self._last_value = key.key, value
-                if is_deep:
-                    self._hidden = hidden
-                    self._last_deep_t = t
+        prediction, confidence = self._run.step(image, key, last=last)
         self._confidence.append(confidence)
         return prediction
-
-
-def _same_size(frames: list[Tensor]) -> list[Tensor]:
-    sizes = {tuple(f.shape[-2:]) for f in frames}
-    if len(sizes) > 1:
-        raise InputError(f"frames of different sizes in one video: {sorted(sizes)}; resize them to one size first.")
-    return frames
 
 
 _COMPILED: dict[int, object] = {}

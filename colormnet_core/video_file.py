@@ -357,7 +357,8 @@ class VideoWriter(Transaction):
     fps: nominal rate; time_base: the timestamps' unit (the source's, so its timing is kept);
     audio_from: a `VideoReader` whose audio is copied; audio_waveform: (`C x T` float waveform, sample
     rate) encoded to AAC instead, for sound held in memory; crf: x264 quality (0 lossless, 18 visually
-    lossless, 23 default). Frames are written to `<stem>.partial-<id><suffix>` beside `path`, which
+    lossless, 23 default); encoder_options: more libx264 options (e.g. a fixed thread count, for
+    byte-identical files on any machine). Frames are written to `<stem>.partial-<id><suffix>` beside `path`, which
     is renamed to `path` by `close()`. `abort()` (or leaving a `with` block by an exception) deletes
     it: a colorization cannot be resumed from a partial file, so it would only be a cut-short video
     that looks finished, and the user is told how many frames were done instead.
@@ -367,7 +368,7 @@ class VideoWriter(Transaction):
 
     def __init__(self, path: str | Path, *, fps: Fraction | float = DEFAULT_FPS, time_base: Fraction | None = None,
                  audio_from: VideoReader | None = None, audio_waveform: tuple[Tensor, int] | None = None,
-                 crf: int = 18, overwrite: bool = False) -> None:
+                 crf: int = 18, overwrite: bool = False, encoder_options: dict[str, str] | None = None) -> None:
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in H264_CONTAINERS:
@@ -384,6 +385,7 @@ class VideoWriter(Transaction):
         self.audio_from = audio_from
         self.audio_waveform = audio_waveform
         self.crf = crf
+        self.encoder_options = dict(encoder_options or {})
         self.count = 0
         self.padded: tuple[int, int] | None = None
         self.audio_transcoded_from: str | None = None
@@ -412,7 +414,7 @@ class VideoWriter(Transaction):
         stream.codec_context.color_trc = 1
         stream.codec_context.color_range = 1
         if self.encoder == "libx264":
-            stream.options = {"crf": str(self.crf), "preset": "medium"}
+            stream.options = {"crf": str(self.crf), "preset": "medium", **self.encoder_options}
         self._stream = stream
         if self.audio_from is not None and self.audio_from.audio is not None:
             self._audio = _AudioCopy(self.audio_from, self._output, self.muxer)

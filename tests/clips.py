@@ -6,6 +6,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 
 
@@ -72,3 +73,45 @@ def probe(path: Path) -> dict:
         with av.open(str(path)) as container:
             info["audio_bytes"] = sum(p.size for p in container.demux(container.streams.audio[0]) if p.size)
     return info
+
+
+def panning_field(n: int, height: int, width: int, seed: int) -> np.ndarray:
+    """n frames of a smooth random colour field panning 2 px per frame: uint8 `n x H x W x 3`."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((6, 10, 3)).astype(np.float32)
+    big = cv2.resize(coarse, (width + 2 * n + 8, height), interpolation=cv2.INTER_CUBIC)
+    frames = [big[:, 2 * t:2 * t + width] for t in range(n)]
+    return (np.clip(np.stack(frames), 0, 1) * 255).round().astype(np.uint8)
+
+
+def make_shot_clip(path: Path, *, shots: tuple[int, ...] = (12, 10, 11), size: tuple[int, int] = (96, 64),
+                   fps: int = 12, gop: int = 5, audio: bool = True) -> Path:
+    """A film in miniature: one shot of `shots[k]` frames per entry, each a different panning colour
+    field (hard cuts between them), H.264 with a keyframe every `gop` frames (so shots start between
+    keyframes) and, with audio, a 440 Hz AAC track as long as the video."""
+    width, height = size
+    frames = np.concatenate([panning_field(n, height, width, seed=10 + k) for k, n in enumerate(shots)])
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.codec_context.gop_size = gop
+        video.options = {"x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
+        sound = None
+        if audio:
+            sound = container.add_stream("aac", rate=48000)
+            sound.layout = "mono"
+        for i, pixels in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        if sound is not None:
+            total = int(len(frames) / fps * 48000)
+            wave = (0.3 * np.sin(2 * np.pi * 440 * np.arange(total) / 48000)).astype(np.float32)
+            for start in range(0, total, 1024):
+                chunk = wave[start:start + 1024]
+                frame = av.AudioFrame.from_ndarray(chunk[None], format=sound.format.name, layout="mono")
+                frame.sample_rate, frame.pts = 48000, start
+                container.mux(sound.encode(frame))
+            container.mux(sound.encode(None))
+    return path

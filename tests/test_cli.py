@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import torch
 
 from colormnet_core.cli import parse_exemplar
 from colormnet_core.color import rgb_to_lab
+from colormnet_core.metrics import cdc, keyframe_pops
 from colormnet_core.video_io import FrameSource, read_image
 
 from . import golden
@@ -26,15 +28,23 @@ def test_exemplar_argument_syntax(tmp_path):
 
 @pytest.mark.slow
 def test_cli_colorizes_blackswan_frames(tmp_path, golden_checkpoint):
-    out = tmp_path / "out"
+    out, report_path = tmp_path / "out", tmp_path / "report.json"
+    exemplar = BLACKSWAN / "exemplar" / "00000.png"
     cmd = [sys.executable, "-m", "colormnet_core", "colorize", "--input", str(BLACKSWAN / "frames"),
-           "--exemplar", f"{BLACKSWAN / 'exemplar' / '00000.png'}@0", "--output", str(out),
-           "--checkpoint", str(golden_checkpoint), "--size", "112", "--device", "cpu"]
+           "--exemplar", f"{exemplar}@0", "--exemplar", f"{exemplar}@8", "--output", str(out),
+           "--checkpoint", str(golden_checkpoint), "--size", "112", "--device", "cpu", "--report", str(report_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=golden.REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "16 frames" in result.stderr
     written = sorted(out.glob("*.png"))
     assert [p.stem for p in written] == [p.stem for p in sorted((BLACKSWAN / "frames").glob("*.png"))]
+    # The report's temporal metrics, computed while streaming, equal those of the PNGs it wrote.
+    report = json.loads(report_path.read_text())
+    frames = [read_image(p) for p in written]
+    assert report["cdc"] == [pytest.approx(cdc(frames), abs=1e-6)] and report["cdc"][0] > 0
+    expected_pops = keyframe_pops(frames, [0, 8])
+    assert [p["frame"] for p in expected_pops] == [8]
+    assert report["keyframe_pop"] == [[{k: pytest.approx(v, abs=1e-5) for k, v in expected_pops[0].items()}]]
     for name in ("00000", "00008", "00015"):
         ours, source = read_image(out / f"{name}.png"), read_image(BLACKSWAN / "frames" / f"{name}.png")
         assert ours.shape == source.shape == (3, 240, 416)

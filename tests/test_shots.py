@@ -228,3 +228,5 @@ def test_cli_writes_the_report(tmp_path, golden_checkpoint):
     assert report["shots"] == [[0, 2], [3, 5]]
     assert len(report["confidence"]) == 6 and report["confidence"][0] == report["confidence"][3] == 1.0
     assert all(0 <= c <= 1 for c in report["confidence"]) and report["needs_exemplar"] == []
+    # Per shot: CDC, and no keyframe pop (both exemplars are on a shot's first frame).
+    assert len(report["cdc"]) == 2 and all(c > 0 for c in report["cdc"]) and report["keyframe_pop"] == [[], []]

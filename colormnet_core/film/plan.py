@@ -1,0 +1,65 @@
+"""Which shots to render: shot jobs from a project, and each shot's state.
+
+States: `done` (the segment on disk was made from exactly this job), `stale` (a segment or record is
+there but made from something else: another exemplar, size, checkpoint...), `pending` (never
+rendered), `needs_exemplar` (nothing gives its first frame colours: no exemplar pinned to it and no
+reference; its keyframe is the picture to colour).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .jobs import ExemplarFile, FilmSettings, ShotJob
+from .records import record_of, segment_is_done
+from .source import span
+
+State = Literal["done", "stale", "pending", "needs_exemplar"]
+
+
+@dataclass(frozen=True)
+class ShotState:
+    index: int
+    first: int
+    last: int
+    state: State
+    keyframe: Path
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "first": self.first, "last": self.last, "state": self.state,
+                "keyframe": str(self.keyframe)}
+
+
+def has_colour_source(job: ShotJob) -> bool:
+    """A shot renders when an exemplar is pinned to its first frame or a reference applies."""
+    return any(e.frame == job.first or e.frame is None for e in job.exemplars)
+
+
+def plan_jobs(project, settings: FilmSettings, checkpoint_sha256: str, shots: list[int] | None = None,
+              files: list[ExemplarFile] | None = None) -> list[ShotJob]:
+    """The jobs of `shots` (default: all), in film order. Exemplar files are checked once here."""
+    files = project.exemplar_files() if files is None else files
+    indices = range(len(project.shots)) if shots is None else [project.shot_index(i) for i in shots]
+    return [ShotJob(i, project.shots[i].first, project.shots[i].last, str(project.source),
+                    project.source_fingerprint, span(project.index, *project.shots[i]),
+                    project.exemplars_for(i, files), settings, checkpoint_sha256) for i in indices]
+
+
+def state_of(project, job: ShotJob) -> State:
+    if not has_colour_source(job):
+        return "needs_exemplar"
+    if segment_is_done(project, job.index, job.fingerprint):
+        return "done"
+    return "stale" if record_of(project, job.index) is not None else "pending"
+
+
+def shot_states(project, settings: FilmSettings | None = None, checkpoint_sha256: str | None = None,
+                shots: list[int] | None = None) -> list[ShotState]:
+    """Every shot's state against `settings` and the checkpoint (default: the last render's; before any
+    render, shots with an exemplar are pending)."""
+    settings = settings or project.settings() or FilmSettings()
+    checkpoint_sha256 = checkpoint_sha256 or project.data.get("checkpoint_sha256") or "not rendered yet"
+    return [ShotState(job.index, job.first, job.last, state_of(project, job), project.keyframe_path(job.index))
+            for job in plan_jobs(project, settings, checkpoint_sha256, shots)]
