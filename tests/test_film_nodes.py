@@ -7,12 +7,11 @@ from __future__ import annotations
 from fractions import Fraction
 from types import SimpleNamespace
 
-import av
 import numpy as np
 import pytest
 import torch
 
-from .clips import frame_pixels, probe
+from .clips import make_shot_clip, panning_field, probe
 from .plugin import load_plugin, submodule
 
 SHOT = 6                    # frames per shot of the test clip
@@ -42,45 +41,28 @@ def folders(tmp_path, monkeypatch, golden_checkpoint):
     monkeypatch.setattr(host, "output_dir", lambda: tmp_path / "output")
     monkeypatch.setattr(host, "input_dir", lambda: tmp_path / "input")
     monkeypatch.setattr(host, "annotated_input_path", lambda name: tmp_path / "input" / name)
-    shown = []
-    monkeypatch.setattr(host, "show_status", lambda node_id, lines: shown.append((node_id, list(lines))))
-    tmp_path.shown = shown
     return tmp_path
 
 
+@pytest.fixture()
+def shown(monkeypatch):
+    """What the nodes show on themselves: [(node id, lines), ...]."""
+    host = submodule("nodes.host")
+    lines_shown = []
+    monkeypatch.setattr(host, "show_status", lambda node_id, lines: lines_shown.append((node_id, list(lines))))
+    return lines_shown
+
+
 def shot_pixels(i: int) -> np.ndarray:
-    """Frame i of the 3-shot clip, uint8 `H x W x 3`: a moving gradient, its mirror image in negative,
-    then dark moving stripes (hard cuts at SHOT and 2 * SHOT)."""
-    width, height = SIZE
+    """Frame i of the test clip, uint8 `H x W x 3` (each shot a different panning colour field)."""
     shot, t = divmod(i, SHOT)
-    if shot == 0:
-        return frame_pixels(t, height, width)
-    if shot == 1:
-        return np.ascontiguousarray(255 - frame_pixels(t, height, width)[:, ::-1])
-    stripes = np.full((height, width, 3), 20, np.uint8)
-    stripes[:, (np.arange(width) + 3 * t) % 12 < 4] = (30, 60, 160)
-    return stripes
+    return panning_field(SHOT, SIZE[1], SIZE[0], seed=10 + shot)[t]
 
 
-def make_three_shot_clip(path, fps: int = 12, audio_seconds: float = 1.5, sample_rate: int = 48000):
-    with av.open(str(path), mode="w") as container:
-        video = container.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = *SIZE, "yuv420p"
-        audio = container.add_stream("aac", rate=sample_rate)
-        audio.layout = "mono"
-        for i in range(3 * SHOT):
-            frame = av.VideoFrame.from_ndarray(shot_pixels(i), format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, fps)
-            container.mux(video.encode(frame))
-        container.mux(video.encode(None))
-        total = int(audio_seconds * sample_rate)
-        wave = (0.3 * np.sin(2 * np.pi * 440 * np.arange(total) / sample_rate)).astype(np.float32)
-        for start in range(0, total, 1024):
-            frame = av.AudioFrame.from_ndarray(wave[None, start:start + 1024], format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = sample_rate, start
-            container.mux(audio.encode(frame))
-        container.mux(audio.encode(None))
-    return path
+def make_three_shot_clip(path, fps: int = 12):
+    """Three shots of SHOT frames with hard cuts, a keyframe every 5 frames (shots start between them), and a
+    440 Hz AAC track."""
+    return make_shot_clip(path, shots=(SHOT,) * 3, size=SIZE, fps=fps)
 
 
 def film_project(nodes, clip, name="test film", **kwargs):
@@ -130,13 +112,13 @@ def test_project_names_stay_inside_the_films_folder(nodes, folders, errors):
     assert not (folders / "output" / "colormnet_films" / "new").exists()
 
 
-def test_project_detects_the_shots_once_and_film_shot_gives_each_keyframe(nodes, folders, errors):
+def test_project_detects_the_shots_once_and_film_shot_gives_each_keyframe(nodes, folders, shown, errors):
     clip = make_three_shot_clip(folders / "input" / "film.mp4")
     film, text = film_project(nodes, clip)
     project_dir = folders / "output" / "colormnet_films" / "test film"
     assert film.dir == project_dir and film.shots == ((0, 5), (6, 11), (12, 17)) and film.frame_count == 18
     assert "3 shots, 18 frames: 0 done, 0 stale, 0 to render, 3 needing an exemplar." in text[0]
-    assert folders.shown[-1] == ("1", text)
+    assert shown[-1] == ("1", text)
     for shot, first in enumerate((0, 6, 12)):
         out = nodes["ColorMNetFilmShot"]().pick(film, shot, unique_id="2")
         keyframe, frame, first_out, last, index = out["result"]
@@ -152,7 +134,7 @@ def test_project_detects_the_shots_once_and_film_shot_gives_each_keyframe(nodes,
         film_project(nodes, other)
 
 
-def test_a_shot_past_the_last_does_nothing_and_says_how_many_there_are(nodes, folders):
+def test_a_shot_past_the_last_does_nothing_and_says_how_many_there_are(nodes, folders, shown):
     film, _ = film_project(nodes, make_three_shot_clip(folders / "input" / "film.mp4"))
     out = nodes["ColorMNetFilmShot"]().pick(film, 3, unique_id="2")
     # Standalone the blocker is None; in ComfyUI it is an ExecutionBlocker that silently stops every
@@ -160,7 +142,7 @@ def test_a_shot_past_the_last_does_nothing_and_says_how_many_there_are(nodes, fo
     assert out["result"] == (None,) * 5
     message = "the film has 3 shots, 0-2; shot 3 does not exist"
     assert message in out["ui"]["text"][0].lower() and "set the batch count to 3" in out["ui"]["text"][0]
-    assert folders.shown[-1][0] == "2" and message in folders.shown[-1][1][0].lower()
+    assert shown[-1][0] == "2" and message in shown[-1][1][0].lower()
 
 
 def test_a_video_held_in_memory_is_written_once_into_the_project(nodes, folders):
