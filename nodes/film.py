@@ -273,7 +273,7 @@ class ColorMNetFilmShot:
             return {"ui": {"text": [message]}, "result": (blocked,) * len(self.RETURN_TYPES)}
         first, last = (int(v) for v in project.shots[shot][:2])
         keyframe = _read_image(project.keyframe_path(shot))
-        state = project.status()[shot].state
+        (state,) = (x.state for x in _core().shot_states(project, shots=[shot]))
         lines = [f"Shot {shot} of {count} (0-{count - 1}): frames {first}-{last}, {state.replace('_', ' ')}."]
         host.show_status(unique_id, lines)
         return {"ui": {"text": lines}, "result": (keyframe, str(first), first, last, shot)}
@@ -434,7 +434,7 @@ class ColorMNetRenderShot:
         sha = checkpoint_sha256(model.path)
         (job,) = core.plan_jobs(project, settings, sha, shots=[shot])
         project.remember_settings(settings, sha)   # Film Project's summary and Assemble judge against these
-        state = project.status(settings, sha)[shot]
+        (state,) = core.shot_states(project, settings, sha, shots=[shot])
         if state.state == "needs_exemplar":
             raise InputError(f"shot {shot} (frames {job.first}-{job.last}) has no exemplar: pin one inside it (Load "
                              f"Exemplar's frame or batch_frames = {job.first}, from Film Shot), or put "
