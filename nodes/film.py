@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 NO_FILE = "(none: use the video input)"
 SOURCE_NAME = "source.mp4"   # an in-memory VIDEO is written once into its project under this name
 MAX_SHOT = 1_000_000
+STATE_WORDS = {"done": "done", "stale": "stale (made from other exemplars or settings)", "pending": "not rendered yet",
+               "needs_exemplar": "needs an exemplar"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$")
 
 
@@ -274,7 +276,7 @@ class ColorMNetFilmShot:
         first, last = (int(v) for v in project.shots[shot][:2])
         keyframe = _read_image(project.keyframe_path(shot))
         (state,) = (x.state for x in _core().shot_states(project, shots=[shot]))
-        lines = [f"Shot {shot} of {count} (0-{count - 1}): frames {first}-{last}, {state.replace('_', ' ')}."]
+        lines = [f"Shot {shot} of {count} (0-{count - 1}): frames {first}-{last}, {STATE_WORDS[state]}."]
         host.show_status(unique_id, lines)
         return {"ui": {"text": lines}, "result": (keyframe, str(first), first, last, shot)}
 
@@ -471,6 +473,7 @@ class ColorMNetAssembleFilm:
 
     def assemble(self, film, unique_id=None):
         project = open_project(film)
+        _require_every_shot(project)
         folder = host.temp_dir()
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"colormnet_film_{uuid.uuid4().hex[:12]}.mp4"
@@ -479,3 +482,16 @@ class ColorMNetAssembleFilm:
         host.show_status(unique_id, lines)
         ui = {"images": [{"filename": target.name, "subfolder": "", "type": "temp"}], "animated": [True]}
         return {"ui": {**ui, "text": lines}, "result": (host.video_from_file(target) or VideoFile(target),)}
+
+
+def _require_every_shot(project) -> None:
+    """InputError listing the shots still to render (the core's own check words it for the command line)."""
+    if project.settings() is None:
+        raise InputError(f"no shot of {project.dir.name!r} has been rendered yet: queue the film workflow (Film Shot "
+                         f"-> Render Shot) once per shot, then run Assemble Film again.")
+    waiting = [s for s in project.status() if s.state != "done"]
+    if waiting:
+        listing = _short_list([f"{s.index} (frames {s.first}-{s.last}: {STATE_WORDS[s.state]})" for s in waiting])
+        raise InputError(f"{len(waiting)} of {len(project.shots)} shots are not rendered with the current settings: "
+                         f"{listing}. Queue them in the film workflow (set Film Shot's shot to each, or to "
+                         f"{waiting[0].index} with a batch count), then run Assemble Film again.")

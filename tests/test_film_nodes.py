@@ -182,8 +182,10 @@ def test_one_prompt_per_shot_renders_the_film_then_assemble_joins_it(nodes, fold
     assert any("already done" in line for line in again["ui"]["text"])
     assert (segments / "000000.mp4").read_bytes() == first_segment
     # Assemble now: refused, naming the shots still to render.
-    with pytest.raises(errors.ColorMNetError, match=r"1.*2"):
+    with pytest.raises(errors.InputError, match=r"2 of 3 shots are not rendered .*: 1 \(frames 6-11: needs an "
+                       r"exemplar\), 2 \(frames 12-17: needs an exemplar\)\. Queue them"):
         nodes["ColorMNetAssembleFilm"]().assemble(film)
+    assert list((folders / "temp").glob("colormnet_film_*.mp4")) == []
     prompt(1)
     prompt(2)
     status = nodes["ColorMNetFilmProject"]().open_film("test film", 0.2, 3)["ui"]["text"]
@@ -215,3 +217,27 @@ def test_render_shot_saves_only_the_exemplars_inside_its_shot(nodes, folders, er
     out = render(nodes, film, model, memory_with(nodes, model, keyframes, "0, 12"), 0)
     assert any("frame 12 is outside shot 0" in line for line in out["ui"]["text"])
     assert sorted(p.name for p in exemplars_dir.glob("*.png")) == ["000000.png"]
+
+
+@pytest.mark.slow
+def test_cancel_mid_shot_keeps_the_previous_segment_and_leaves_no_partial(nodes, folders, monkeypatch, errors):
+    film, _ = film_project(nodes, make_three_shot_clip(folders / "input" / "film.mp4"))
+    (model,) = nodes["ColorMNetModelLoader"]().load("fixture.safetensors", "fp32")
+    keyframe = nodes["ColorMNetFilmShot"]().pick(film, 0)["result"][0]
+    render(nodes, film, model, memory_with(nodes, model, coloured(keyframe), "0"), 0)
+    segments = film.dir / "segments"
+    record = (film.dir / "records" / "000000.json").read_bytes()
+    before = (segments / "000000.mp4").read_bytes()
+    host = submodule("nodes.host")
+    polls = []
+
+    def interrupted():   # Cancel pressed while the shot's third frame is read
+        polls.append(1)
+        return len(polls) > 2
+
+    monkeypatch.setattr(host, "interrupted", interrupted)
+    with pytest.raises(errors.Cancelled):
+        render(nodes, film, model, memory_with(nodes, model, coloured(keyframe).flip(-1), "0"), 0)
+    assert sorted(p.name for p in segments.iterdir()) == ["000000.mp4"]
+    assert (segments / "000000.mp4").read_bytes() == before
+    assert (film.dir / "records" / "000000.json").read_bytes() == record
