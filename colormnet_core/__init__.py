@@ -36,6 +36,10 @@ _LAZY = {
     "keyframe_indices": "shots",
     "needs_exemplar": "shots",
     "lab_to_rgb": "color",
+    "compose_rgb": "compose",
+    "colorize_shot": "propagation",
+    "make_session": "propagation",
+    "PropagatingSession": "propagation",
 }
 
 __all__ = ["Cancelled", "CheckpointError", "ColorMNetError", "InputError", "ResolutionError", *_LAZY]

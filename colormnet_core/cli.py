@@ -16,6 +16,7 @@ from .errors import Cancelled
 from .exemplars import EncodedExemplars, Exemplar
 from .metrics import ShotMetrics
 from .preprocess import ProcessingSize
+from .propagation import make_session
 from .session import ColorizeSession
 from .shots import parse_shots
 from .video_io import FrameSource, FrameWriter, read_image
@@ -69,6 +70,11 @@ def add_colorize_parser(subparsers) -> None:
                    help="per-shot reset: 'auto' detects cuts and cross-fades, or give the shots as inclusive "
                         "0-based frame ranges (0-119,120-300); every shot then needs an exemplar pinned to its "
                         "first frame or a reference. Default 'none': one continuous run (official behaviour)")
+    p.add_argument("--propagation", default="forward", choices=["forward", "bidirectional"],
+                   help="forward (official): each exemplar colours the frames after it; bidirectional: between two "
+                        "exemplars of a shot, blend a forward pass and a backward pass, so colours do not jump at "
+                        "keyframes (about twice the work between the first and last exemplar; the stretch is "
+                        "buffered, on disk when long)")
     p.add_argument("--report", default=None, metavar="JSON",
                    help="write shots, per-frame match confidence and the frames that need an exemplar here")
     add_memory_arguments(p)
@@ -118,8 +124,8 @@ def run_colorize(args: argparse.Namespace) -> int:
     writer = FrameWriter(args.output, names=source.names, source=source, crf=args.crf, overwrite=args.overwrite)
     device = pick_device(args.device)
     network = load_model(checkpoint, device=device)
-    session = ColorizeSession(network, exemplars, memory, size=size, device=device, precision=args.dtype,
-                              key_batch=args.key_batch, compile=args.compile, shots=shots)
+    session = make_session(network, exemplars, memory, size=size, device=device, precision=args.dtype,
+                           key_batch=args.key_batch, compile=args.compile, shots=shots, propagation=args.propagation)
     total = source.estimated_count
     # Temporal metrics for the report, from the frames as they stream (bounded memory, see ShotMetrics).
     metrics = ShotMetrics(exemplars.pinned_frames) if args.report else None

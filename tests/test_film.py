@@ -204,16 +204,17 @@ def test_kill_9_at_any_moment_then_the_next_command_completes_the_same_film(rend
     reference = decoded(reference_dir.parent / "film.mp4")
     project = tmp_path / "project"
     shutil.copytree(reference_dir, project)
-    for name in ("000012.mp4", "000022.mp4"):
-        (project / "segments" / name).unlink()
-    (project / "records" / "000022.json").unlink()       # shot 1: record without segment; shot 2: nothing
+    for first in (12, 22):
+        (project / "segments" / f"{first:06d}.mp4").unlink()
+        (project / "records" / f"{first:06d}.json").unlink()
     argv = ["film", *render_args(project, golden_checkpoint)]
 
     assert killed(tmp_path, "mid_shot", 4, argv) == -signal.SIGKILL              # in the middle of shot 1
-    assert [s.state for s in FilmProject.open(project).status()] == ["done", "stale", "pending"]
+    assert [s.state for s in FilmProject.open(project).status()] == ["done", "pending", "pending"]
+    assert list((project / "segments").glob("000012.partial-*"))                  # what the kill left
     assert killed(tmp_path, "before_record", 0, argv) == -signal.SIGKILL         # shot 1 renamed, not recorded
     assert (project / "segments" / "000012.mp4").exists()
-    assert [s.state for s in FilmProject.open(project).status()] == ["done", "stale", "pending"]
+    assert [s.state for s in FilmProject.open(project).status()] == ["done", "pending", "pending"]
     assert film(*render_args(project, golden_checkpoint)) == 0
     assert not list((project / "segments").glob("*.partial-*"))
 
@@ -318,10 +319,12 @@ def test_a_full_disk_fails_that_shot_cleanly_and_keeps_the_earlier_segments(fres
     assert "shot 1 failed: writing shot 1's segment failed (No space left on device)" in err
     assert "Free disk space" in err
     assert sorted(p.name for p in (fresh.dir / "segments").iterdir()) == ["000000.mp4"]
-    assert [s.state for s in fresh.status()] == ["done", "pending", "pending"]   # stopped: the disk is full
+    assert not list((fresh.dir / "segments").glob("*.partial-*"))
+    states = FilmProject.open(fresh.dir).status()
+    assert [s.state for s in states] == ["done", "pending", "pending"]     # stopped: the disk is full
     monkeypatch.setattr(render.VideoWriter, "write", original)
     assert film(*render_args(fresh.dir, golden_checkpoint)) == 0
-    assert [s.state for s in fresh.status()] == ["done"] * 3
+    assert [s.state for s in FilmProject.open(fresh.dir).status()] == ["done"] * 3
 
 
 def test_assemble_lists_the_missing_shots(fresh, tmp_path, capsys):

@@ -119,7 +119,7 @@ class FilmProject:
         if stat.st_size != recorded["bytes"]:
             now = {"bytes": stat.st_size}
         else:
-            now = _FINGERPRINTS_SEEN.get(key) or fingerprint_source(self.source, index_source(self.source))
+            now = _FINGERPRINTS_SEEN.get(key) or fingerprint_source(self.source, self.index)
         differs = [f"{name} was {recorded[name]}, now {now[name]}" for name in recorded
                    if name in now and now[name] != recorded[name]]
         if differs:

@@ -94,14 +94,31 @@ def index_source(path: Path) -> SourceIndex:
 
 def fingerprint_source(path: Path, index: SourceIndex) -> dict:
     """The facts `FilmProject.open` compares: size, frame count, time base, fps and a hash of
-    `HASHED_FRAMES` decoded frames (first, middle, last) in the decoder's pixel format."""
+    `HASHED_FRAMES` decoded frames (first, middle, last) in the decoder's pixel format.
+
+    Checking a file against a stored index costs three seeks, not a pass over the file: the time base
+    and rate are read from the stream's header, and a file that was cut or re-encoded has another
+    size, or other frames (or none) at the stored timestamps."""
+    container = _open_input(path)
+    try:
+        stream = container.streams.video[0] if container.streams.video else None
+        header = (Fraction(stream.time_base or Fraction(1, 90000)),
+                  Fraction(stream.average_rate or stream.guessed_rate or stream.base_rate or 25)) if stream else None
+    finally:
+        container.close()
+    if header != (index.time_base, index.fps):
+        return {"bytes": os.path.getsize(path), "frames": index.frame_count, "time_base": str(header and header[0]),
+                "fps": str(header and header[1]), "frames_sha256": "not compared"}
     count = index.frame_count
     picks = sorted({0, count // 2, count - 1})
     digest = hashlib.sha256()
     for frame in picks:
-        decoded = next(iter(read_frames(path, index, frame, frame, raw=True)))
-        for plane in decoded.planes:
-            digest.update(bytes(plane))
+        try:
+            decoded = next(iter(read_frames(path, index, frame, frame, raw=True)))
+        except FilmError:
+            return {"bytes": os.path.getsize(path), "frames": index.frame_count, "time_base": str(index.time_base),
+                    "fps": str(index.fps), "frames_sha256": f"no frame at the stored timestamp of frame {frame}"}
+        digest.update(_pixels(decoded))
     return {"bytes": os.path.getsize(path), "frames": count, "time_base": str(index.time_base),
             "fps": str(index.fps), "frames_sha256": digest.hexdigest()}
 
@@ -168,6 +185,15 @@ def read_span(path: str | Path, shot: ShotSpan, *, raw: bool = False) -> Iterato
                         f"there.") from e
     finally:
         container.close()
+
+
+def _pixels(frame: av.VideoFrame) -> bytes:
+    """The frame's pixels in its own format, without the planes' row padding (which is not data)."""
+    try:
+        array = frame.to_ndarray()
+    except (ValueError, NotImplementedError, av.FFmpegError):     # formats numpy cannot hold as they are
+        array = frame.to_ndarray(format="rgb24")
+    return np.ascontiguousarray(array).tobytes()
 
 
 def _rgb(frame: av.VideoFrame) -> Tensor:
