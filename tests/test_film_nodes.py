@@ -171,7 +171,11 @@ def test_one_prompt_per_shot_renders_the_film_then_assemble_joins_it(nodes, fold
         keyframe, frame, _, _, index = nodes["ColorMNetFilmShot"]().pick(film, shot)["result"]
         return render(nodes, film, model, memory_with(nodes, model, coloured(keyframe), frame), index)
 
+    state = nodes["ColorMNetFilmProject"].IS_CHANGED(project="test film")
+    assert nodes["ColorMNetFilmProject"].IS_CHANGED(project="test film") == state   # cached while nothing changes
     out = prompt(0)
+    # A rendered shot changes the project: Film Project (and what it feeds) runs again on the next prompt.
+    assert nodes["ColorMNetFilmProject"].IS_CHANGED(project="test film") != state
     video, plot = out["result"]
     assert probe(video.path)["frames"] == SHOT and video.path.parent == folders / "temp"
     assert plot.shape[0] == 1 and plot.shape[-1] == 3
