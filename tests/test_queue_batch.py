@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
+import shutil
 import sys
 import threading
 import uuid
+from pathlib import Path
 
 import pytest
 from aiohttp import web
+from PIL import Image
+
+from colormnet_core.film import FilmProject, FilmSettings, SegmentResult, plan_jobs
+from colormnet_core.film.render import sha256_of
 
 from . import golden
+from .clips import make_shot_clip, panning_field
 
 spec = importlib.util.spec_from_file_location("queue_batch", golden.REPO / "scripts" / "queue_batch.py")
 queue_batch = importlib.util.module_from_spec(spec)
@@ -165,3 +173,207 @@ def test_substitution_refuses_a_workflow_without_a_video_input():
     prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}}}
     with pytest.raises(ValueError, match="video and exemplar"):
         queue_batch.substitute(prompt, "v.mp4", "e.png", None, "v")
+
+
+# -- film mode: a farm of fake servers sharing one project folder ------------------------------------
+
+FARM_SHOTS = ((0, 3), (4, 7), (8, 11), (12, 15))
+FARM_SETTINGS = {"size": "64"}   # what the fake Render Shot records; any fixed settings do
+FARM_CHECKPOINT = "c" * 64
+FARM_WORKFLOW = {   # the film workflow's nodes queue_batch.py touches, with the real node ids and inputs
+    "2": {"class_type": "ColorMNetFilmProject", "inputs": {"project": "my_film", "threshold": 0.2,
+                                                           "min_shot_length": 5}},
+    "3": {"class_type": "ColorMNetFilmShot", "inputs": {"film": ["2", 0], "shot": 0}},
+    "15": {"class_type": "ColorMNetRenderShot", "inputs": {"film": ["2", 0], "shot": ["3", 4],
+                                                           "processing_size": "custom", "custom_size": 64}},
+}
+
+
+class FakeFilmComfy:
+    """A ComfyUI whose Render Shot commits a prepared segment into the shared project, as the real node
+    commits the one it renders (plan the job, remember the settings, partial file under the shot's lock,
+    commit). dies_on_first: the first prompt starts the shot (a partial segment under the lock), then
+    the server goes away mid-shot: websocket closed, port closed, nothing answers any more."""
+
+    def __init__(self, output: Path, segments: dict[int, Path], dies_on_first: bool = False) -> None:
+        self.output, self.segments, self.dies_on_first = output, segments, dies_on_first
+        self.prompts: list[dict] = []
+        self.rendered: list[int] = []
+        self.sockets, self.history = {}, {}
+        self.runner = None
+        self.dead = False
+        self.app = web.Application()
+        self.app.router.add_post("/prompt", self.prompt)
+        self.app.router.add_get("/ws", self.ws)
+        self.app.router.add_get("/history/{pid}", self.get_history)
+        self.app.router.add_get("/system_stats", self.system_stats)
+
+    async def system_stats(self, request):
+        return web.json_response({"system": {"comfyui_version": "fake"}})
+
+    async def prompt(self, request):
+        body = await request.json()
+        pid = uuid.uuid4().hex
+        self.prompts.append(body["prompt"])
+        asyncio.get_running_loop().create_task(self.execute(pid, body["prompt"], body["client_id"]))
+        return web.json_response({"prompt_id": pid, "number": len(self.prompts), "node_errors": {}})
+
+    async def execute(self, pid, prompt, client):
+        await asyncio.sleep(0.05)
+        ws = self.sockets[client]
+        (shot,) = [n["inputs"]["shot"] for n in prompt.values() if n["class_type"] == "ColorMNetFilmShot"]
+        (name,) = [n["inputs"]["project"] for n in prompt.values() if n["class_type"] == "ColorMNetFilmProject"]
+        await ws.send_json({"type": "execution_start", "data": {"prompt_id": pid}})
+        await ws.send_json({"type": "progress", "data": {"value": 1, "max": 4, "prompt_id": pid, "node": "15"}})
+        folder = self.output / "colormnet_films" / name
+        if self.dies_on_first:
+            await asyncio.to_thread(self.start_and_leave, folder, shot)
+            await self.die()
+            return
+        try:
+            await asyncio.to_thread(self.render, folder, shot)
+        except Exception as e:  # noqa: BLE001 - reported to the client as ComfyUI reports a node's error
+            await ws.send_json({"type": "execution_error", "data": {
+                "prompt_id": pid, "node_type": "ColorMNetRenderShot", "exception_message": str(e)}})
+            return
+        self.rendered.append(shot)
+        self.history[pid] = {"outputs": {"15": {"images": [
+            {"filename": f"colormnet_shot_{shot}.mp4", "subfolder": "", "type": "temp"}]}}}
+        await ws.send_json({"type": "executing", "data": {"node": None, "prompt_id": pid}})
+
+    def job(self, folder: Path, shot: int):
+        project = FilmProject.open(folder)
+        settings = FilmSettings(**FARM_SETTINGS)
+        (job,) = plan_jobs(project, settings, FARM_CHECKPOINT, shots=[shot])
+        project.remember_settings(settings, FARM_CHECKPOINT)
+        return project, job
+
+    def render(self, folder: Path, shot: int) -> None:
+        project, job = self.job(folder, shot)
+        with project.shot_lock(shot):
+            partial = project.partial_segment_path(job)
+            shutil.copyfile(self.segments[shot], partial)
+            project.commit(job, SegmentResult(partial, sha256_of(partial), job.frames, partial.stat().st_size))
+
+    def start_and_leave(self, folder: Path, shot: int) -> None:
+        # The lock is released on the way out, as the OS releases a killed process's lock.
+        project, job = self.job(folder, shot)
+        with project.shot_lock(shot):
+            project.partial_segment_path(job).write_bytes(self.segments[shot].read_bytes()[:300])
+
+    async def die(self) -> None:
+        self.dead = True
+        for ws in list(self.sockets.values()):
+            await ws.close()
+        await self.runner.cleanup()
+
+    async def ws(self, request):
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.sockets[request.query["clientId"]] = ws
+        async for _ in ws:
+            pass
+        return ws
+
+    async def get_history(self, request):
+        pid = request.match_info["pid"]
+        return web.json_response({pid: self.history[pid]} if pid in self.history else {})
+
+
+@pytest.fixture
+def film(tmp_path):
+    """A 4-shot project in the servers' shared output folder, with a reference exemplar, and one
+    prepared segment per shot (as many frames as the shot)."""
+    output = tmp_path / "output"
+    source = make_shot_clip(tmp_path / "film.mp4", shots=tuple(last - first + 1 for first, last in FARM_SHOTS))
+    project = FilmProject.init(source, output / "colormnet_films" / "farm", shots=list(FARM_SHOTS))
+    Image.fromarray(panning_field(1, 64, 96, seed=5)[0]).save(project.dir / "exemplars" / "reference.png")
+    segments = {i: make_shot_clip(tmp_path / f"segment{i}.mp4", shots=(last - first + 1,), audio=False)
+                for i, (first, last) in enumerate(FARM_SHOTS)}
+    workflow = tmp_path / "film_workflow.json"
+    workflow.write_text(json.dumps(FARM_WORKFLOW))
+    return project, output, segments, workflow
+
+
+@contextlib.contextmanager
+def farm(fakes):
+    """The fake servers on 127.0.0.1 in a background event loop; yields their URLs."""
+    loop = asyncio.new_event_loop()
+    urls = []
+
+    async def start():
+        for fake in fakes:
+            fake.runner = web.AppRunner(fake.app, shutdown_timeout=1)
+            await fake.runner.setup()
+            site = web.TCPSite(fake.runner, "127.0.0.1", 0)
+            await site.start()
+            urls.append(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+        yield urls
+    finally:
+        for fake in fakes:
+            if fake.runner is not None and not fake.dead:
+                asyncio.run_coroutine_threadsafe(fake.runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+
+def report_rows(out: str) -> dict[int, list[str]]:
+    """The per-shot report's rows: shot index -> [status, seconds, server, attempts...]."""
+    rows = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[0].isdigit() and parts[1] in ("done", "failed", "pending"):
+            rows[int(parts[0])] = parts[1:]
+    return rows
+
+
+def test_film_farm_moves_a_dead_servers_shot_to_another_and_reports_who_rendered_what(film, capsys):
+    project, output, segments, workflow = film
+    dying, steady = FakeFilmComfy(output, segments, dies_on_first=True), FakeFilmComfy(output, segments)
+    assert {s.state for s in project.status()} == {"pending"}
+    with farm([dying, steady]) as (dying_url, steady_url):
+        code = queue_batch.main(["--workflow", str(workflow), "--film", str(project.dir), "--project-name", "farm",
+                                 "--server", dying_url, "--server", steady_url, "--retries", "1", "--timeout", "30"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "4 of 4 shots done, 0 not" in out
+    assert [s.state for s in FilmProject.open(project.dir).status()] == ["done"] * 4
+    assert not list((project.dir / "segments").glob("*.partial-*"))          # the dead server's leftover is gone
+    (lost,) = [n["inputs"]["shot"] for p in dying.prompts for n in p.values() if n["class_type"] == "ColorMNetFilmShot"]
+    assert sorted(steady.rendered) == [0, 1, 2, 3] and steady.rendered.count(lost) == 1
+    projects = {n["inputs"]["project"] for p in steady.prompts for n in p.values()
+                if n["class_type"] == "ColorMNetFilmProject"}
+    assert projects == {"farm"}
+    rows = report_rows(out)
+    assert sorted(rows) == [0, 1, 2, 3]
+    for shot, (status, _, server, *attempts) in rows.items():
+        assert status == "done" and server == steady_url, out                # who rendered each shot
+        tried = " ".join(attempts)
+        assert (f"{dying_url}: the server closed the websocket" in tried) == (shot == lost), out
+        assert f"{steady_url}: ok" in tried
+
+
+def test_film_farm_with_every_server_dead_reports_the_shots_not_done(film, capsys):
+    project, output, segments, workflow = film
+    fakes = [FakeFilmComfy(output, segments, dies_on_first=True) for _ in range(2)]
+    with farm(fakes) as urls:
+        code = queue_batch.main(["--workflow", str(workflow), "--film", str(project.dir), "--project-name", "farm",
+                                 "--server", urls[0], "--server", urls[1], "--timeout", "30"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "0 of 4 shots done, 4 not" in out
+    rows = report_rows(out)
+    assert all(row[0] == "failed" and row[2] == "-" for row in rows.values()), out
+    tried = {n["inputs"]["shot"]: url for fake, url in zip(fakes, urls) for p in fake.prompts for n in p.values()
+             if n["class_type"] == "ColorMNetFilmShot"}
+    assert len(tried) == 2                                                   # one shot each, then gone
+    for shot, row in rows.items():
+        attempts = " ".join(row[3:])
+        assert (f"{tried[shot]}: the server closed the websocket" in attempts) if shot in tried else \
+            attempts == "[no server left]", out
+    assert {s.state for s in FilmProject.open(project.dir).status()} == {"pending"}
