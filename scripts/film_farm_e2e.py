@@ -4,13 +4,14 @@ still end done. Not a CI test: it needs the comfy-e2e harness (a real ComfyUI), 
 
     flock /tmp/e2e.lock python scripts/film_farm_e2e.py --harness /path/to/comfy-e2e \\
         --checkpoint .cache/golden_weights.safetensors --workflow workflows/api/colormnet_film_sd15.json \\
-        [--model checkpoints=sd15_random.safetensors] [--shots 4] [--keep]
+        [--model checkpoints=sd15_random.safetensors] [--shots 4] [--frames 12] [--keep]
 
 What it does: makes a 4-shot film (tests/clips.make_shot_clip) and a project for it with
 `film init` in a folder that both servers use as their output directory (`--output-directory`), puts
 a reference exemplar in it (so workflows without an image model also have one), starts two servers
 on 127.0.0.1 with this repository as the plugin (harness `comfy_host.ComfyHost`), runs
-`queue_batch.py --film` against both, kills the first server seen running a prompt, and prints the
+`queue_batch.py --film` against both, kills the first server seen writing a shot's segment (Render
+Shot holds the shot's lock, whose file names its pid, and a partial segment exists), and prints the
 script's per-shot report, the project's status and PASS/FAIL.
 """
 
@@ -30,23 +31,37 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def kill_first_busy(hosts, stop: threading.Event, killed: list, after_s: float) -> None:
-    """SIGKILL the first server whose /queue shows a running prompt, `after_s` seconds into it."""
+def rendering_pid(project: Path) -> int | None:
+    """The pid of a process writing a shot's segment now: a partial segment exists only while Render
+    Shot holds that shot's lock, and the lock file names its holder ("pid N on HOST since ...")."""
+    for partial in sorted((project / "segments").glob("*.partial-*")):
+        lock = project / "locks" / f"{partial.name.split('.')[0]}.lock"
+        try:
+            words = lock.read_text().split()
+        except OSError:
+            continue
+        if len(words) > 1 and words[0] == "pid" and words[1].isdigit():
+            return int(words[1])
+    return None
+
+
+def kill_first_rendering(hosts, project: Path, stop: threading.Event, killed: list, after_s: float) -> None:
+    """SIGKILL the first server seen writing a shot's segment (mid-shot, in Render Shot), after `after_s`
+    seconds; bounded to 30 minutes."""
     deadline = time.monotonic() + 1800
     while not stop.is_set() and time.monotonic() < deadline:
-        for host in hosts:
-            try:
-                running = host.get_json("/queue", timeout=5).get("queue_running", [])
-            except Exception:   # noqa: BLE001 - a server between prompts or starting up
-                continue
-            if running:
-                time.sleep(after_s)
-                host.proc.kill()   # our own child, by its pid
-                host.proc.wait(10)
-                killed.append(host.url)
-                print(f"[farm] killed {host.url} (pid {host.proc.pid}) while it ran a prompt", flush=True)
-                return
-        time.sleep(0.2)
+        pid = rendering_pid(project)
+        host = next((h for h in hosts if h.proc is not None and h.proc.pid == pid), None)
+        if host is not None:
+            time.sleep(after_s)
+            shots = sorted(p.name for p in (project / "segments").glob("*.partial-*"))
+            host.proc.kill()   # our own child, by its pid
+            host.proc.wait(10)
+            killed.append(host.url)
+            print(f"[farm] killed {host.url} (pid {pid}) while it wrote {', '.join(shots) or 'a segment'}",
+                  flush=True)
+            return
+        time.sleep(0.1)
 
 
 def farm_workflow(workflow: dict, models: list[str], steps: int) -> dict:
@@ -74,9 +89,11 @@ def main() -> int:
     ap.add_argument("--workflow", required=True, type=Path, help="API-format film workflow")
     ap.add_argument("--model", action="append", default=[], metavar="SUBDIR=FILE", help="more model files")
     ap.add_argument("--shots", type=int, default=4)
+    ap.add_argument("--frames", type=int, default=12, help="frames per shot (enough for the kill to land mid-shot)")
     ap.add_argument("--steps", type=int, default=2,
                     help="sampler steps of the image model (few: its weights are random)")
-    ap.add_argument("--kill-after", type=float, default=2.0, help="seconds into the first prompt before the kill")
+    ap.add_argument("--kill-after", type=float, default=0.5,
+                    help="seconds after the first server is seen writing a segment before it is killed")
     ap.add_argument("--keep", action="store_true", help="keep the servers' folders and the project")
     args = ap.parse_args()
     sys.path.insert(0, str(args.harness))
@@ -91,9 +108,10 @@ def main() -> int:
     shared, inputs = work / "output", work / "input"   # both servers' output and input folders
     shared.mkdir()
     inputs.mkdir()
-    source = make_shot_clip(inputs / "film.mp4", shots=(6,) * args.shots)
+    source = make_shot_clip(inputs / "film.mp4", shots=(args.frames,) * args.shots)
     project = shared / "colormnet_films" / "farm"      # where the Film Project node looks for "farm"
-    ranges = ",".join(f"{6 * k}-{6 * k + 5}" for k in range(args.shots))
+    n = args.frames
+    ranges = ",".join(f"{n * k}-{n * k + n - 1}" for k in range(args.shots))
     project.parent.mkdir(parents=True)
     if cli(["film", "init", str(source), "--project", str(project), "--shots", ranges]) != 0:
         return 2
@@ -109,7 +127,8 @@ def main() -> int:
     try:
         for host in hosts:
             host.start()
-        watcher = threading.Thread(target=kill_first_busy, args=(hosts, stop, killed, args.kill_after), daemon=True)
+        watcher = threading.Thread(target=kill_first_rendering, args=(hosts, project, stop, killed, args.kill_after),
+                                   daemon=True)
         watcher.start()
         started = time.monotonic()
         run = subprocess.run([sys.executable, str(REPO / "scripts" / "queue_batch.py"), "--film", str(project),
