@@ -209,9 +209,13 @@ class FakeFilmComfy:
         self.app.router.add_get("/system_stats", self.system_stats)
 
     async def system_stats(self, request):
+        if self.dead:   # a connection the client kept open may reach a dying server before its port closes
+            return web.json_response({"error": "shutting down"}, status=503)
         return web.json_response({"system": {"comfyui_version": "fake"}})
 
     async def prompt(self, request):
+        if self.dead:
+            return web.json_response({"error": "shutting down"}, status=503)
         body = await request.json()
         pid = uuid.uuid4().hex
         self.prompts.append(body["prompt"])
