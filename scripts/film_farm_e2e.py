@@ -10,8 +10,8 @@ What it does: makes a 4-shot film (tests/clips.make_shot_clip) and a project for
 `film init` in a folder that both servers use as their output directory (`--output-directory`), puts
 a reference exemplar in it (so workflows without an image model also have one), starts two servers
 on 127.0.0.1 with this repository as the plugin (harness `comfy_host.ComfyHost`), runs
-`queue_batch.py --film` against both, kills the first server seen writing a shot's segment (Render
-Shot holds the shot's lock, whose file names its pid, and a partial segment exists), and prints the
+`queue_batch.py --film` against both, kills the first server seen rendering a shot (holding the shot's lock in
+Render Shot, read from /proc/locks: Linux), and prints the
 script's per-shot report, the project's status and PASS/FAIL.
 """
 
@@ -31,37 +31,44 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def rendering_pid(project: Path) -> int | None:
-    """The pid of a process writing a shot's segment now: a partial segment exists only while Render
-    Shot holds that shot's lock, and the lock file names its holder ("pid N on HOST since ...")."""
-    for partial in sorted((project / "segments").glob("*.partial-*")):
-        lock = project / "locks" / f"{partial.name.split('.')[0]}.lock"
-        try:
-            words = lock.read_text().split()
-        except OSError:
-            continue
-        if len(words) > 1 and words[0] == "pid" and words[1].isdigit():
-            return int(words[1])
-    return None
+def held_shot_locks(project: Path) -> dict[int, str]:
+    """{pid: lock file name} of the shot locks held now, read from /proc/locks (Linux): Render Shot holds
+    its shot's lock from before the network is placed until the segment is committed."""
+    inodes = {p.stat().st_ino: p.name for p in (project / "locks").glob("0*.lock")}
+    held = {}
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return held
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[4].isdigit():
+            inode = int(fields[5].rsplit(":", 1)[-1])
+            if inode in inodes:
+                held[int(fields[4])] = inodes[inode]
+    return held
 
 
 def kill_first_rendering(hosts, project: Path, stop: threading.Event, killed: list, after_s: float) -> None:
-    """SIGKILL the first server seen writing a shot's segment (mid-shot, in Render Shot), after `after_s`
-    seconds; bounded to 30 minutes."""
+    """SIGKILL the first server seen holding a shot's lock (mid-shot, in Render Shot), `after_s` seconds
+    later, and note whether the shot was still unrecorded then; bounded to 30 minutes."""
     deadline = time.monotonic() + 1800
     while not stop.is_set() and time.monotonic() < deadline:
-        pid = rendering_pid(project)
-        host = next((h for h in hosts if h.proc is not None and h.proc.pid == pid), None)
+        held = held_shot_locks(project)
+        host = next((h for h in hosts if h.proc is not None and h.proc.pid in held), None)
         if host is not None:
+            lock = held[host.proc.pid]
             time.sleep(after_s)
-            shots = sorted(p.name for p in (project / "segments").glob("*.partial-*"))
+            still = held_shot_locks(project).get(host.proc.pid) == lock
             host.proc.kill()   # our own child, by its pid
             host.proc.wait(10)
-            killed.append(host.url)
-            print(f"[farm] killed {host.url} (pid {pid}) while it wrote {', '.join(shots) or 'a segment'}",
-                  flush=True)
+            record = project / "records" / lock.replace(".lock", ".json")
+            mid = still and not record.exists()
+            killed.append((host.url, mid))
+            print(f"[farm] killed {host.url} (pid {host.proc.pid}) while it rendered shot {lock.split('.')[0]}; "
+                  f"mid-shot (lock still held, no record): {'yes' if mid else 'no'}", flush=True)
             return
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 def farm_workflow(workflow: dict, models: list[str], steps: int) -> dict:
@@ -92,8 +99,8 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=12, help="frames per shot (enough for the kill to land mid-shot)")
     ap.add_argument("--steps", type=int, default=2,
                     help="sampler steps of the image model (few: its weights are random)")
-    ap.add_argument("--kill-after", type=float, default=0.5,
-                    help="seconds after the first server is seen writing a segment before it is killed")
+    ap.add_argument("--kill-after", type=float, default=0.2,
+                    help="seconds after the first server is seen rendering a shot before it is killed")
     ap.add_argument("--keep", action="store_true", help="keep the servers' folders and the project")
     args = ap.parse_args()
     sys.path.insert(0, str(args.harness))
@@ -122,7 +129,7 @@ def main() -> int:
     hosts = [ComfyHost(plugins=[f"{REPO}:comfyui-colormnet"], models=models, keep=args.keep,
                        extra_args=["--output-directory", str(shared), "--input-directory", str(inputs)])
              for _ in range(2)]
-    killed: list[str] = []
+    killed: list[tuple[str, bool]] = []   # (server, killed mid-shot)
     stop = threading.Event()
     try:
         for host in hosts:
@@ -138,9 +145,9 @@ def main() -> int:
         stop.set()
         print(run.stderr[-4000:], run.stdout, sep="\n")
         states = {s.index: s.state for s in FilmProject.open(project).status()}
-        print(f"[farm] {time.monotonic() - started:.1f} s; killed: {killed or 'none'}; project status: "
-              f"{json.dumps(states)}")
-        ok = killed and run.returncode == 0 and set(states.values()) == {"done"}
+        print(f"[farm] {time.monotonic() - started:.1f} s; killed: {[url for url, _ in killed] or 'none'}; "
+              f"project status: {json.dumps(states)}")
+        ok = bool(killed) and all(mid for _, mid in killed) and run.returncode == 0 and set(states.values()) == {"done"}
         print("RESULT:", "PASS" if ok else "FAIL")
         if not ok:
             for host in hosts:
