@@ -24,12 +24,13 @@ TWO_SHOTS = "colormnet_example_two_shots.mp4"          # frames 0-11, then the s
 EXEMPLAR_MIRRORED = "colormnet_example_exemplar_mirrored.png"   # the true colour version of its frame 12
 
 # Node sizes [width, height] that fit each node's sockets and widgets (frontend 1.27: 20 px a socket
-# row, 24 px a widget, plus the title); media nodes get room for their preview. Widths grow further to fit
+# row, 24 px a widget, plus the title); media nodes get room for their preview, the colorize nodes about
+# 100 px for the warnings and notes they show after a run. Widths grow further to fit
 # the widgets' labels and values (see `fitted_size`).
 SIZES = {
     "ColorMNetModelLoader": [400, 82], "ColorMNetDownloadModel": [420, 178], "ColorMNetLoadExemplar": [300, 102],
-    "ColorMNetEncode": [260, 54], "ColorMNetMemory": [330, 226], "ColorMNetColorize": [330, 238],
-    "ColorMNetVideo": [330, 218], "ColorMNetDetectShots": [290, 162],
+    "ColorMNetEncode": [260, 54], "ColorMNetMemory": [330, 226], "ColorMNetColorize": [330, 360],
+    "ColorMNetVideo": [330, 380], "ColorMNetDetectShots": [290, 162],
     "LoadVideo": [320, 340], "LoadImage": [320, 340], "SaveVideo": [400, 380], "PreviewImage": [420, 320],
     "GetVideoComponents": [240, 74], "CreateVideo": [240, 82], "ImageFromBatch": [260, 82],
     "CheckpointLoaderSimple": [340, 98], "CLIPTextEncode": [360, 160], "VAEEncode": [220, 46],
