@@ -100,6 +100,10 @@ class Graph:
         here (and then only forced rows are used)."""
         self.stages.append({"title": title, "new_row": new_row})
 
+    def numbered_stage(self, title: str, **options) -> None:
+        """`stage` titled "<n> · title", n counting from 1 (for builders that add stages of their own)."""
+        self.stage(f"{len(self.stages) + 1} · {title}", **options)
+
     def add(self, node_type: str, title: str | None = None, **inputs) -> int:
         if node_type not in self.defs:
             raise KeyError(f"unknown node type {node_type}")
@@ -309,7 +313,12 @@ def _place(nodes, links, stage_of, stages, columns, starts):
     rows = [list(range(a, b)) for a, b in zip(starts, [*starts[1:], len(stages)])]
     row_of = {index: r for r, row in enumerate(rows) for index in row}
     crossing = [l for l in links if row_of[stage_of[l[1] - 1]] != row_of[stage_of[l[3] - 1]]]
-    below = [len({(l[1], l[2]) for l in crossing if row_of[stage_of[l[1] - 1]] == r}) for r in range(len(rows))]
+    row_a, row_b = (lambda l: row_of[stage_of[l[1] - 1]]), (lambda l: row_of[stage_of[l[3] - 1]])
+    # Lanes in the gap below row r: one per output with a wire leaving row r, one per output whose wire
+    # comes down the left margin from a higher row into row r + 1.
+    far = {(l[1], l[2]): l for l in crossing if row_b(l) > row_a(l) + 1}
+    below = [len({(l[1], l[2]) for l in crossing if row_a(l) == r})
+             + len({key for key, l in far.items() if row_b(l) == r + 1}) for r in range(len(rows))]
     above = [0] * len(rows)
     blocked: list[list] = []
     for _ in range(2):   # the second pass makes room for the lanes of the wires the first found blocked
@@ -345,19 +354,38 @@ def _place(nodes, links, stage_of, stages, columns, starts):
         above = [len({(l[1], l[2]) for l in blocked if row_of[stage_of[l[1] - 1]] == r}) for r in range(len(rows))]
         if not blocked:
             break
-    reroutes, extensions, lane_of = [], [], {}
+    reroutes, extensions, lane_of, margin_of = [], [], {}, {}
+    gap_used = [0] * len(rows)   # lanes taken in the gap below each row
+
+    def reroute(x, y, parent=None):
+        reroutes.append({"id": len(reroutes) + 1, "linkIds": [], "pos": [x, y]}
+                        | ({"parentId": parent["id"]} if parent else {}))
+        return reroutes[-1]
+
     for link in [*blocked, *crossing]:
         source, target = by_id[link[1]], by_id[link[3]]
-        r = row_of[stage_of[link[1] - 1]]
+        r = row_a(link)
         key = (link[1], link[2], link in crossing)
         if key not in lane_of:
-            used = sum(1 for k in lane_of if row_of[stage_of[k[0] - 1]] == r and k[2] == key[2])
-            lane_y = row_bottom[r] + STAGE_GAP / 2 + used * LANE if key[2] else row_lane[r] + used * LANE
-            lane_of[key] = {"id": len(reroutes) + 1, "linkIds": [],
-                            "pos": [source["pos"][0] + source["size"][0] + COLUMN_GAP / 2, lane_y]}
-            reroutes.append(lane_of[key])
+            if key[2]:
+                lane_y = row_bottom[r] + STAGE_GAP / 2 + gap_used[r] * LANE
+                gap_used[r] += 1
+            else:
+                lane_y = row_lane[r] + sum(1 for k in lane_of if row_of[stage_of[k[0] - 1]] == r and not k[2]) * LANE
+            lane_of[key] = reroute(source["pos"][0] + source["size"][0] + COLUMN_GAP / 2, lane_y)
         first = lane_of[key]
         first["linkIds"].append(link[0])
+        if key[2] and row_b(link) > r + 1:   # down the left margin to the gap above the target's row
+            if key not in margin_of:
+                t = row_b(link) - 1
+                x = 20 - 10 * len(margin_of)
+                top = reroute(x, first["pos"][1], first)
+                margin_of[key] = reroute(x, row_bottom[t] + STAGE_GAP / 2 + gap_used[t] * LANE, top)
+                gap_used[t] += 1
+            bend = margin_of[key]
+            for point in (bend, next(x for x in reroutes if x["id"] == bend["parentId"])):
+                point["linkIds"].append(link[0])
+            first = bend
         last = {"id": len(reroutes) + 1, "parentId": first["id"], "linkIds": [link[0]],
                 "pos": [target["pos"][0] - COLUMN_GAP / 2, first["pos"][1]]}
         reroutes.append(last)
@@ -463,29 +491,29 @@ KONTEXT_PROMPT = ("Colorize this black and white photograph with natural, realis
 
 
 def shots_workflow(defs, prefix: str, colour_keyframes) -> Graph:
-    """Load Video -> Detect Shots -> keyframes coloured by `colour_keyframes(graph, keyframes)` (one batch)
-    -> Load Exemplar (batch + the shots' frame indices) -> Colorize per shot -> Save Video, plus previews of
-    the coloured keyframes and of the confidence plot."""
+    """Load Video -> Detect Shots -> keyframes coloured by `colour_keyframes(graph, keyframes)` (one batch,
+    in stages it opens) -> Load Exemplar (batch + the shots' frame indices) -> Colorize per shot -> Save
+    Video, plus previews of the coloured keyframes and of the confidence plot."""
     g = Graph(defs)
     g.stage("1 · Find the shots")
     clip = g.add("LoadVideo", file=TWO_SHOTS)
     parts = g.add("GetVideoComponents", video=(clip, 0))
     shots = g.add("ColorMNetDetectShots", frames=(parts, 0), threshold=0.2, min_shot_length=10)
-    g.stage("2 · Colour every shot's first frame")
     coloured = colour_keyframes(g, (shots, 1))
     g.add("PreviewImage", "Coloured keyframes", images=(coloured, 0))
-    g.stage("3 · Colorize every shot")
+    g.numbered_stage("Colorize every shot")
     exemplars = g.add("ColorMNetLoadExemplar", image=(coloured, 0), frame=0, batch_frames=(shots, 2))
     out = colorize_chain(g, exemplars, frames=(parts, 0))
     g.nodes[out - 1]["inputs"].update(shots="from input", shot_list=(shots, 0))
     g.add("PreviewImage", "Match confidence (add exemplars where it drops)", images=(out, 1))
-    save_video(g, out, parts, prefix, "4 · Save the video")
+    save_video(g, out, parts, prefix, f"{len(g.stages) + 1} · Save the video")
     return g
 
 
 def shots_sd15(defs):
     """Light variant: SD 1.5 img2img (any SD 1.5 checkpoint) at denoise 0.6 keeps the keyframes' layout."""
     def sd15(g, keyframes):
+        g.numbered_stage("Colour every shot's first frame")
         ckpt = g.add("CheckpointLoaderSimple", "Any SD 1.5 checkpoint", ckpt_name=SD15_CHECKPOINT)
         positive = g.add("CLIPTextEncode", "Describe the colours", clip=(ckpt, 1),
                          text="a colour photograph, natural colours, realistic skin tones, detailed")
@@ -502,10 +530,12 @@ def shots_sd15(defs):
 def shots_flux_kontext(defs):
     """Best-quality variant: FLUX.1 Kontext [dev], an instruction-editing model, told to colorize."""
     def kontext(g, keyframes):
+        g.numbered_stage("Load FLUX.1 Kontext")
         unet = g.add("UNETLoader", "FLUX.1 Kontext [dev]", unet_name=KONTEXT["unet"], weight_dtype="default")
         clip = g.add("DualCLIPLoader", clip_name1=KONTEXT["clip_l"], clip_name2=KONTEXT["t5"], type="flux",
                      device="default")
         vae = g.add("VAELoader", vae_name=KONTEXT["vae"])
+        g.numbered_stage("Colour every shot's first frame")
         scaled = g.add("FluxKontextImageScale", image=keyframes)
         latent = g.add("VAEEncode", pixels=(scaled, 0), vae=(vae, 0))
         prompt = g.add("CLIPTextEncode", "Instruction", clip=(clip, 0), text=KONTEXT_PROMPT)
