@@ -31,7 +31,7 @@ SIZES = {
     "ColorMNetModelLoader": [400, 82], "ColorMNetDownloadModel": [420, 178], "ColorMNetLoadExemplar": [300, 102],
     "ColorMNetEncode": [260, 54], "ColorMNetMemory": [330, 226], "ColorMNetColorize": [330, 360],
     "ColorMNetVideo": [330, 380], "ColorMNetDetectShots": [290, 162],
-    "LoadVideo": [320, 340], "LoadImage": [320, 340], "SaveVideo": [400, 380], "PreviewImage": [420, 320],
+    "LoadVideo": [300, 300], "LoadImage": [300, 300], "SaveVideo": [360, 330], "PreviewImage": [380, 300],
     "GetVideoComponents": [240, 74], "CreateVideo": [240, 82], "ImageFromBatch": [260, 82],
     "CheckpointLoaderSimple": [340, 98], "CLIPTextEncode": [360, 160], "VAEEncode": [220, 46],
     "VAEDecode": [220, 46], "KSampler": [320, 262], "UNETLoader": [360, 82], "DualCLIPLoader": [360, 130],
@@ -43,11 +43,12 @@ DEFAULT_SIZE = [300, 120]
 # (font 24 px), and text widths measured on its screenshots (a widget's label and value in 12 px type,
 # a title in 14 px type).
 TITLE_H, SLOT_H, WIDGET_H = 30, 20, 24
-GROUP_TITLE_H, GROUP_PAD, GROUP_FONT = 34, 14, 24
+GROUP_TITLE_H, GROUP_PAD, GROUP_FONT = 34, 6, 24   # title + pad = the fit margin above a title bar
 WIDGET_CHAR_W, WIDGET_MARGIN, TITLE_CHAR_W, TITLE_MARGIN, GROUP_CHAR_W = 7, 80, 7.5, 40, 13
-COLUMN_GAP, ROW_GAP = 40, 40   # between the columns of a stage / the nodes stacked in a column
-STAGE_GAP, LANE = 50, 16       # between stage groups; one routed wire's lane in the gap below a row
-VIEW = (1860, 960)   # the canvas of a 1920x1080 browser window, for the fit-to-view scale
+COLUMN_GAP, ROW_GAP = 30, 30   # between the columns of a stage / the nodes stacked in a column
+STAGE_GAP, LANE = 34, 12       # between stage groups; one routed wire's lane in the gap below a row
+VIEW, FIT_ZOOM, FIT_MARGIN = (1920, 1080), 0.75, 40   # fit-to-view: litegraph's fitToBounds on a 1920x1080
+# canvas shows the bounds (plus the margin) at 0.75 of the scale that would fill it
 STAGE_COLOR = "#3f789e"
 
 
@@ -261,14 +262,15 @@ def wires_behind_nodes(graph: dict) -> list[str]:
 
 
 def fit_scale(graph: dict) -> float:
-    """The zoom at which the whole graph (nodes, groups, routed wires) fills the canvas VIEW, 40 px margin."""
+    """The frontend's fit-to-view zoom for the whole graph (nodes, groups, routed wires) on the canvas VIEW:
+    litegraph's fitToBounds, FIT_ZOOM x the scale at which the bounds plus FIT_MARGIN fill the canvas."""
     boxes = [node_rect(n) for n in graph["nodes"]]
     boxes += [(g["bounding"][0], g["bounding"][1], g["bounding"][0] + g["bounding"][2],
                g["bounding"][1] + g["bounding"][3]) for g in graph["groups"]]
     boxes += [(*r["pos"], *r["pos"]) for r in graph.get("extra", {}).get("reroutes", [])]
-    width = max(b[2] for b in boxes) - min(b[0] for b in boxes) + 80
-    height = max(b[3] for b in boxes) - min(b[1] for b in boxes) + 80
-    return min(VIEW[0] / width, VIEW[1] / height)
+    width = max(b[2] for b in boxes) - min(b[0] for b in boxes) + 2 * FIT_MARGIN
+    height = max(b[3] for b in boxes) - min(b[1] for b in boxes) + 2 * FIT_MARGIN
+    return FIT_ZOOM * min(VIEW[0] / width, VIEW[1] / height)
 
 
 def lay_out_stages(nodes: list[dict], links: list[list], stage_of: list[int], stages: list[dict]):
