@@ -144,7 +144,8 @@ class ColorizeSession:
         `shots.needs_exemplar`), "ignored_cuts": [frame indices of cuts "auto" dropped as closer than
         min_shot_length to the previous one], "reset_at_cuts": bool}."""
         shots, confidence = self.shots, self.confidence
-        ignored = self._detector.ignored_cuts if self._detector is not None else []
+        detector = self._bounds.detector
+        ignored = detector.ignored_cuts if detector is not None else []
         return {
             "shots": [[s.first, s.last] for s in shots],
             "confidence": [round(c, 6) for c in confidence],
