@@ -240,9 +240,9 @@ def test_detect_shots_shows_the_cuts_it_ignored(nodes, monkeypatch):
     shown = []
     monkeypatch.setattr(host, "show_text", lambda node_id, lines, notes=(): shown.append((node_id, list(lines))))
     shots, *_ = nodes["ColorMNetDetectShots"]().detect(0.2, 15, frames=three_shot_clip(), unique_id="4")
-    assert [tuple(s) for s in shots] == [(0, 11), (12, 35)]
+    assert [tuple(s) for s in shots] == [(0, 23), (24, 35)]   # the cut at 12 is 12 frames after frame 0
     (node_id, (line,)), = shown
-    assert node_id == "4" and "frame(s) 24 ignored" in line and "min_shot_length (15 frames)" in line
+    assert node_id == "4" and "frame(s) 12 ignored" in line and "min_shot_length (15 frames)" in line
 
 
 def test_confidence_plot_numbers_its_markers(shots_module):
