@@ -137,10 +137,11 @@ def frame_rate(value) -> float:
     an error before any work (a file-backed VIDEO keeps its own timestamps instead)."""
     try:
         rate = float(value)
+        shown = f"{rate:g}"   # a Fraction(0, 1) reads as 0
     except (TypeError, ValueError):
-        rate = math.nan
+        rate, shown = math.nan, repr(value)
     if not math.isfinite(rate) or rate <= 0:
-        raise InputError(f"the VIDEO's frame rate is {value!r}: it must be a positive number of frames per second. "
+        raise InputError(f"the VIDEO's frame rate is {shown}: it must be a positive number of frames per second. "
                          f"It comes from the node that built the VIDEO in memory (Create Video's fps, often wired "
                          f"from Get Video Components, which gives 0 when the source stream reports none): set fps "
                          f"on Create Video to the film's rate, e.g. 24 or 25.")
