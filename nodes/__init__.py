@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .colorize import ColorMNetColorize
 from .exemplars import ColorMNetEncode, ColorMNetLoadExemplar
+from .film import ColorMNetAssembleFilm, ColorMNetFilmProject, ColorMNetFilmShot, ColorMNetRenderShot
 from .memory import ColorMNetMemory
 from .model import ColorMNetDownloadModel, ColorMNetModelLoader
 from .shots import ColorMNetDetectShots
@@ -19,6 +20,10 @@ NODE_CLASS_MAPPINGS = {
     "ColorMNetColorizeVideo": ColorMNetColorizeVideo,
     "ColorMNetVideo": ColorMNetVideo,
     "ColorMNetDetectShots": ColorMNetDetectShots,
+    "ColorMNetFilmProject": ColorMNetFilmProject,
+    "ColorMNetFilmShot": ColorMNetFilmShot,
+    "ColorMNetRenderShot": ColorMNetRenderShot,
+    "ColorMNetAssembleFilm": ColorMNetAssembleFilm,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -31,4 +36,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ColorMNetColorizeVideo": "ColorMNet Colorize Video File (deprecated)",
     "ColorMNetVideo": "ColorMNet Colorize Video",
     "ColorMNetDetectShots": "ColorMNet Detect Shots",
+    "ColorMNetFilmProject": "ColorMNet Film Project",
+    "ColorMNetFilmShot": "ColorMNet Film Shot",
+    "ColorMNetRenderShot": "ColorMNet Render Shot",
+    "ColorMNetAssembleFilm": "ColorMNet Assemble Film",
 }

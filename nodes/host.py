@@ -16,6 +16,7 @@ import torch
 log = logging.getLogger(__name__)
 
 MODEL_FOLDER = "colormnet"
+FILMS_FOLDER = "colormnet_films"
 CHECKPOINT_SUFFIXES = {".pth", ".pt", ".safetensors", ".sft", ".ckpt"}
 
 
@@ -117,8 +118,19 @@ def node_text(warnings: list[str], notes: list[str] = ()) -> str:
 def show_text(node_id: str | None, lines: list[str], notes: list[str] = ()) -> None:
     """Show warnings (`lines`) and `notes` as text on the node `node_id` in the ComfyUI frontend (the
     text preview that API nodes use for status); no-op standalone or without a node id. Each call
-    replaces the node's text. Warnings also go to the log."""
-    if not (lines or notes) or node_id is None:
+    replaces the node's text."""
+    if lines or notes:
+        _send_text(node_id, node_text(list(lines), list(notes)))
+
+
+def show_status(node_id: str | None, lines: list[str]) -> None:
+    """Show `lines` as plain status text on the node `node_id` (e.g. a film's summary); no-op standalone."""
+    if lines:
+        _send_text(node_id, "\n".join(lines))
+
+
+def _send_text(node_id: str | None, text: str) -> None:
+    if node_id is None:
         return
     server = _comfy("server")
     instance = getattr(getattr(server, "PromptServer", None), "instance", None)
@@ -126,9 +138,17 @@ def show_text(node_id: str | None, lines: list[str], notes: list[str] = ()) -> N
     if send is None:
         return
     try:
-        send(node_text(list(lines), list(notes)), node_id)
+        send(text, node_id)
     except Exception:   # a display nicety must never fail a run (e.g. no client connected)
         log.debug("could not show text on node %s", node_id, exc_info=True)
+
+
+def execution_blocker(message: str | None = None):
+    """ComfyUI's ExecutionBlocker: the nodes fed from it do not run (silently when message is None, else
+    they fail with it). Standalone: None."""
+    utils = _comfy("comfy_execution.graph_utils")
+    blocker = getattr(utils, "ExecutionBlocker", None)
+    return blocker(message) if blocker is not None else None
 
 
 def available_memory() -> int | None:
@@ -231,6 +251,11 @@ def input_dir() -> Path:
 def output_dir() -> Path:
     fp = _comfy("folder_paths")
     return Path(fp.get_output_directory()) if fp is not None else Path.cwd() / "output"
+
+
+def films_dir() -> Path:
+    """Where film projects live: ComfyUI's output folder / colormnet_films (one folder per project)."""
+    return output_dir() / FILMS_FOLDER
 
 
 def temp_dir() -> Path:

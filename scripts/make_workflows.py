@@ -50,6 +50,9 @@ STAGE_GAP, LANE = 34, 12       # between stage groups; one routed wire's lane in
 VIEW, FIT_ZOOM, FIT_MARGIN = (1920, 1080), 0.75, 40   # fit-to-view: litegraph's fitToBounds on a 1920x1080
 # canvas shows the bounds (plus the margin) at 0.75 of the scale that would fill it
 STAGE_COLOR = "#3f789e"
+# "control after generate" of INT widgets that have one (default fixed): Film Shot steps through the shots,
+# so a batch count of N queues shots 0..N-1.
+CONTROL_MODES = {"ColorMNetFilmShot": "increment"}
 
 
 def our_node_defs(module=None) -> dict:
@@ -157,7 +160,7 @@ class Graph:
                     if not options(spec).get("multiline"):
                         labels.append(f"{name}{shown}")
                     if kind(spec) == "INT" and (options(spec).get("control_after_generate") or name in ("seed",)):
-                        widgets.append("fixed")
+                        widgets.append(CONTROL_MODES.get(n["type"], "fixed"))
                     if options(spec).get("image_upload") or options(spec).get("video_upload"):
                         widgets.append("image")
             outputs = [{"name": (d.get("output_name") or d["output"])[i], "type": t,
@@ -396,12 +399,14 @@ def _place(nodes, links, stage_of, stages, columns, starts):
     return fit_scale(graph), groups, reroutes, extensions, {n["id"]: list(n["pos"]) for n in nodes}
 
 
+MEMORY_DEFAULTS = {"mem_every": 5, "min_mid_term_frames": 5, "max_mid_term_frames": 10, "num_prototypes": 128,
+                   "max_long_term_elements": 10000, "top_k": 30, "long_term": True, "permanent_exemplars": True}
+
+
 def colorize_chain(g: Graph, exemplars: int, frames=None, video=None, size="480"):
     model = g.add("ColorMNetModelLoader", checkpoint=CHECKPOINT, precision="auto")
     encoded = g.add("ColorMNetEncode", model=(model, 0), exemplars=(exemplars, 0))
-    memory = g.add("ColorMNetMemory", encoded=(encoded, 0), mem_every=5, min_mid_term_frames=5,
-                   max_mid_term_frames=10, num_prototypes=128, max_long_term_elements=10000, top_k=30,
-                   long_term=True, permanent_exemplars=True)
+    memory = g.add("ColorMNetMemory", encoded=(encoded, 0), **MEMORY_DEFAULTS)
     common = {"processing_size": size, "keep_luminance": True, "key_batch": 1}
     if video is not None:   # a VIDEO socket: streamed one frame at a time, sound kept
         return g.add("ColorMNetVideo", model=(model, 0), memory=(memory, 0), video=video, **common, crf=18)
@@ -512,44 +517,101 @@ def shots_workflow(defs, prefix: str, colour_keyframes) -> Graph:
     return g
 
 
-def shots_sd15(defs):
-    """Light variant: SD 1.5 img2img (any SD 1.5 checkpoint) at denoise 0.6 keeps the keyframes' layout."""
-    def sd15(g, keyframes):
-        g.numbered_stage("Colour every shot's first frame")
-        ckpt = g.add("CheckpointLoaderSimple", "Any SD 1.5 checkpoint", ckpt_name=SD15_CHECKPOINT)
-        positive = g.add("CLIPTextEncode", "Describe the colours", clip=(ckpt, 1),
-                         text="a colour photograph, natural colours, realistic skin tones, detailed")
-        negative = g.add("CLIPTextEncode", clip=(ckpt, 1), text="black and white, monochrome, grayscale, sepia")
-        latent = g.add("VAEEncode", pixels=keyframes, vae=(ckpt, 2))
-        sampled = g.add("KSampler", model=(ckpt, 0), seed=7, steps=20, cfg=6.0, sampler_name="euler",
-                        scheduler="normal", positive=(positive, 0), negative=(negative, 0),
-                        latent_image=(latent, 0), denoise=0.6)
-        return g.add("VAEDecode", samples=(sampled, 0), vae=(ckpt, 2))
+def sd15_img2img(g: Graph, images, stage: str | None = None) -> int:
+    """Light variant: SD 1.5 img2img (any SD 1.5 checkpoint) at denoise 0.6 keeps the pictures' layout.
+    stage: open a numbered stage of that title first (else the nodes join the open stage)."""
+    if stage:
+        g.numbered_stage(stage)
+    ckpt = g.add("CheckpointLoaderSimple", "Any SD 1.5 checkpoint", ckpt_name=SD15_CHECKPOINT)
+    positive = g.add("CLIPTextEncode", "Describe the colours", clip=(ckpt, 1),
+                     text="a colour photograph, natural colours, realistic skin tones, detailed")
+    negative = g.add("CLIPTextEncode", clip=(ckpt, 1), text="black and white, monochrome, grayscale, sepia")
+    latent = g.add("VAEEncode", pixels=images, vae=(ckpt, 2))
+    sampled = g.add("KSampler", model=(ckpt, 0), seed=7, steps=20, cfg=6.0, sampler_name="euler",
+                    scheduler="normal", positive=(positive, 0), negative=(negative, 0),
+                    latent_image=(latent, 0), denoise=0.6)
+    return g.add("VAEDecode", samples=(sampled, 0), vae=(ckpt, 2))
 
-    return shots_workflow(defs, "colormnet/shots_sd15", sd15)
+
+def kontext_colorize(g: Graph, images, stage: str | None = None) -> int:
+    """Best-quality variant: FLUX.1 Kontext [dev], an instruction-editing model, told to colorize.
+    stage: the loaders get a numbered stage of their own, then the colouring one titled `stage`."""
+    if stage:
+        g.numbered_stage("Load FLUX.1 Kontext")
+    unet = g.add("UNETLoader", "FLUX.1 Kontext [dev]", unet_name=KONTEXT["unet"], weight_dtype="default")
+    clip = g.add("DualCLIPLoader", clip_name1=KONTEXT["clip_l"], clip_name2=KONTEXT["t5"], type="flux",
+                 device="default")
+    vae = g.add("VAELoader", vae_name=KONTEXT["vae"])
+    if stage:
+        g.numbered_stage(stage)
+    scaled = g.add("FluxKontextImageScale", image=images)
+    latent = g.add("VAEEncode", pixels=(scaled, 0), vae=(vae, 0))
+    prompt = g.add("CLIPTextEncode", "Instruction", clip=(clip, 0), text=KONTEXT_PROMPT)
+    reference = g.add("ReferenceLatent", conditioning=(prompt, 0), latent=(latent, 0))
+    guided = g.add("FluxGuidance", conditioning=(reference, 0), guidance=2.5)
+    negative = g.add("ConditioningZeroOut", conditioning=(prompt, 0))
+    sampled = g.add("KSampler", model=(unet, 0), seed=7, steps=20, cfg=1.0, sampler_name="euler",
+                    scheduler="simple", positive=(guided, 0), negative=(negative, 0),
+                    latent_image=(latent, 0), denoise=1.0)
+    return g.add("VAEDecode", samples=(sampled, 0), vae=(vae, 0))
+
+
+SHOTS_COLOUR_STAGE = "Colour every shot's first frame"
+
+
+def shots_sd15(defs):
+    return shots_workflow(defs, "colormnet/shots_sd15", lambda g, k: sd15_img2img(g, k, SHOTS_COLOUR_STAGE))
 
 
 def shots_flux_kontext(defs):
-    """Best-quality variant: FLUX.1 Kontext [dev], an instruction-editing model, told to colorize."""
-    def kontext(g, keyframes):
-        g.numbered_stage("Load FLUX.1 Kontext")
-        unet = g.add("UNETLoader", "FLUX.1 Kontext [dev]", unet_name=KONTEXT["unet"], weight_dtype="default")
-        clip = g.add("DualCLIPLoader", clip_name1=KONTEXT["clip_l"], clip_name2=KONTEXT["t5"], type="flux",
-                     device="default")
-        vae = g.add("VAELoader", vae_name=KONTEXT["vae"])
-        g.numbered_stage("Colour every shot's first frame")
-        scaled = g.add("FluxKontextImageScale", image=keyframes)
-        latent = g.add("VAEEncode", pixels=(scaled, 0), vae=(vae, 0))
-        prompt = g.add("CLIPTextEncode", "Instruction", clip=(clip, 0), text=KONTEXT_PROMPT)
-        reference = g.add("ReferenceLatent", conditioning=(prompt, 0), latent=(latent, 0))
-        guided = g.add("FluxGuidance", conditioning=(reference, 0), guidance=2.5)
-        negative = g.add("ConditioningZeroOut", conditioning=(prompt, 0))
-        sampled = g.add("KSampler", model=(unet, 0), seed=7, steps=20, cfg=1.0, sampler_name="euler",
-                        scheduler="simple", positive=(guided, 0), negative=(negative, 0),
-                        latent_image=(latent, 0), denoise=1.0)
-        return g.add("VAEDecode", samples=(sampled, 0), vae=(vae, 0))
+    return shots_workflow(defs, "colormnet/shots_flux_kontext",
+                          lambda g, k: kontext_colorize(g, k, SHOTS_COLOUR_STAGE))
 
-    return shots_workflow(defs, "colormnet/shots_flux_kontext", kontext)
+# -- films: one shot per queued prompt (Film Shot's `shot` increments) ---------------------------------
+
+FILM_PROJECT = "colormnet_example"
+
+
+def film_workflow(defs, colour: str, colour_keyframes) -> Graph:
+    """Load Video -> Film Project -> Film Shot -> its keyframe coloured by `colour_keyframes(graph, images)`
+    -> Load Exemplar at the shot's first frame -> Encode -> Memory -> Render Shot (+ its confidence plot)."""
+    g = Graph(defs)
+    g.stage("1 · Pick the shot")
+    clip = g.add("LoadVideo", file=TWO_SHOTS)
+    film = g.add("ColorMNetFilmProject", project=FILM_PROJECT, threshold=0.2, min_shot_length=5, video=(clip, 0))
+    shot = g.add("ColorMNetFilmShot", film=(film, 0), shot=0)
+    g.stage(f"2 · Colour its keyframe ({colour})")
+    coloured = colour_keyframes(g, (shot, 0))
+    g.add("PreviewImage", "Coloured keyframe", images=(coloured, 0))
+    g.stage("3 · Render the shot")
+    exemplar = g.add("ColorMNetLoadExemplar", image=(coloured, 0), frame=0, batch_frames=(shot, 1))
+    model = g.add("ColorMNetModelLoader", checkpoint=CHECKPOINT, precision="auto")
+    encoded = g.add("ColorMNetEncode", model=(model, 0), exemplars=(exemplar, 0))
+    memory = g.add("ColorMNetMemory", encoded=(encoded, 0), **MEMORY_DEFAULTS)
+    render = g.add("ColorMNetRenderShot", film=(film, 0), model=(model, 0), memory=(memory, 0), shot=(shot, 4),
+                   processing_size="480", keep_luminance=True, key_batch=1, crf=18)
+    g.add("PreviewImage", "Match confidence of the shot", images=(render, 1))
+    return g
+
+
+def film_sd15(defs):
+    return film_workflow(defs, "SD 1.5", sd15_img2img)
+
+
+def film_flux_kontext(defs):
+    return film_workflow(defs, "FLUX.1 Kontext", kontext_colorize)
+
+
+def film_assemble(defs):
+    """Film Project (by name: the project the film workflow rendered) -> Assemble Film -> Save Video."""
+    g = Graph(defs)
+    g.stage("1 · Open the film")
+    film = g.add("ColorMNetFilmProject", project=FILM_PROJECT, threshold=0.2, min_shot_length=5)
+    g.stage("2 · Join the shots")
+    joined = g.add("ColorMNetAssembleFilm", film=(film, 0))
+    g.stage("3 · Save the film")
+    g.add("SaveVideo", video=(joined, 0), filename_prefix="colormnet/film", format="auto", codec="auto")
+    return g
 
 
 WORKFLOWS = {
@@ -559,6 +621,9 @@ WORKFLOWS = {
     "colormnet_long_video": long_video,
     "colormnet_shots_sd15": shots_sd15,
     "colormnet_shots_flux_kontext": shots_flux_kontext,
+    "colormnet_film_sd15": film_sd15,
+    "colormnet_film_flux_kontext": film_flux_kontext,
+    "colormnet_film_assemble": film_assemble,
 }
 
 

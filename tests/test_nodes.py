@@ -10,7 +10,8 @@ from .plugin import load_plugin, submodule
 
 NODE_IDS = ["ColorMNetModelLoader", "ColorMNetDownloadModel", "ColorMNetLoadExemplar", "ColorMNetEncode",
             "ColorMNetMemory", "ColorMNetColorize", "ColorMNetColorizeVideo", "ColorMNetDetectShots",
-            "ColorMNetVideo"]
+            "ColorMNetVideo", "ColorMNetFilmProject", "ColorMNetFilmShot", "ColorMNetRenderShot",
+            "ColorMNetAssembleFilm"]
 
 
 @pytest.fixture(scope="module")

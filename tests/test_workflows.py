@@ -31,7 +31,8 @@ def known_inputs(spec_dir):
 def test_every_workflow_ships_in_both_formats_with_thumbnails():
     stems = {p.stem for p in UI_FILES}
     assert stems == {"colormnet_basic", "colormnet_keyframes", "colormnet_image_model_exemplar", "colormnet_long_video",
-                     "colormnet_shots_sd15", "colormnet_shots_flux_kontext"}
+                     "colormnet_shots_sd15", "colormnet_shots_flux_kontext", "colormnet_film_sd15",
+                     "colormnet_film_flux_kontext", "colormnet_film_assemble"}
     assert {p.stem for p in API_FILES} == stems
     for stem in stems:
         thumb = WORKFLOWS / f"{stem}.jpg"
@@ -147,6 +148,43 @@ def test_shots_workflows_colour_every_keyframe_in_one_batch_and_reset_per_shot(s
     assert create["images"] == [colorize_id, 0] and "SaveVideo" in by_type
 
 
+@pytest.mark.parametrize("stem", ["colormnet_film_sd15", "colormnet_film_flux_kontext"])
+def test_film_workflows_render_the_next_shot_per_queued_prompt(stem):
+    """Film Shot's shot increments after every queued prompt (a batch count of N renders N shots); its
+    keyframe feeds the image model, whose picture Load Exemplar pins at the frame Film Shot gives, and
+    Render Shot renders that shot of the project Film Project opened."""
+    prompt = json.loads((WORKFLOWS / "api" / f"{stem}.json").read_text())
+    by_type = {}
+    for node_id, node in prompt.items():
+        by_type.setdefault(node["class_type"], []).append((node_id, node["inputs"]))
+    [(project_id, project)] = by_type["ColorMNetFilmProject"]
+    [(shot_id, shot)] = by_type["ColorMNetFilmShot"]
+    [(_, exemplar)] = by_type["ColorMNetLoadExemplar"]
+    [(_, render)] = by_type["ColorMNetRenderShot"]
+    assert prompt[project["video"][0]]["class_type"] == "LoadVideo" and shot == {"film": [project_id, 0], "shot": 0}
+    assert exemplar["batch_frames"] == [shot_id, 1] and prompt[exemplar["image"][0]]["class_type"] == "VAEDecode"
+    assert render["film"] == [project_id, 0] and render["shot"] == [shot_id, 4]
+    [(_, sampler)] = by_type["KSampler"]
+    upstream, frontier = set(), [sampler["latent_image"][0]]
+    while frontier:
+        node_id = frontier.pop()
+        upstream.add(node_id)
+        frontier += [v[0] for v in prompt[node_id]["inputs"].values() if isinstance(v, list)]
+    assert shot_id in upstream
+    ui = json.loads((WORKFLOWS / f"{stem}.json").read_text())
+    [film_shot] = [n for n in ui["nodes"] if n["type"] == "ColorMNetFilmShot"]
+    assert film_shot["widgets_values"] == [0, "increment"]
+    titles = [g["title"] for g in ui["groups"]]
+    assert titles[0] == "1 · Pick the shot" and titles[1].startswith("2 · Colour its keyframe")
+    assert titles[2] == "3 · Render the shot"
+    # The assemble workflow opens the same project.
+    assemble = json.loads((WORKFLOWS / "api" / "colormnet_film_assemble.json").read_text())
+    kinds = sorted(n["class_type"] for n in assemble.values())
+    assert kinds == ["ColorMNetAssembleFilm", "ColorMNetFilmProject", "SaveVideo"]
+    [opened] = [n["inputs"] for n in assemble.values() if n["class_type"] == "ColorMNetFilmProject"]
+    assert opened["project"] == project["project"] and "video" not in opened
+
+
 def test_shipped_workflows_are_up_to_date_with_the_node_definitions(spec_dir):
     """A UI workflow stores widget values by position, so a node whose inputs change order or gain one
     loads an older file with every later value shifted. The shipped files must be what the generator
@@ -172,11 +210,18 @@ def test_ui_widget_values_follow_the_declared_input_order(known_inputs):
             if node["type"] not in classes:
                 continue
             spec = classes[node["type"]].INPUT_TYPES()
-            widgets = [name for group in ("required", "optional") for name, s in spec.get(group, {}).items()
-                       if isinstance(s[0], list) or s[0] in ("INT", "FLOAT", "BOOLEAN", "STRING")]
+            widgets = []
+            for group in ("required", "optional"):
+                for name, s in spec.get(group, {}).items():
+                    if isinstance(s[0], list) or s[0] in ("INT", "FLOAT", "BOOLEAN", "STRING"):
+                        widgets.append(name)
+                        if len(s) > 1 and s[1].get("control_after_generate"):   # its mode widget follows it
+                            widgets.append(f"{name}:control")
             assert len(node["widgets_values"]) == len(widgets), f"{path.name}: {node['type']} widget count"
             api = twin[str(node["id"])]["inputs"]
             for name, value in zip(widgets, node["widgets_values"]):
+                if name.endswith(":control"):
+                    assert value in ("fixed", "increment", "decrement", "randomize"), f"{path.name}: {name}"
                 if name in api and not isinstance(api[name], list):
                     assert value == api[name], f"{path.name}: {node['type']}.{name} is {value!r}, API {api[name]!r}"
                     checked += 1
@@ -205,9 +250,10 @@ def test_ui_workflows_are_titled_stage_groups_with_no_wire_behind_a_node(path, g
                   and (y := g["bounding"][1]) <= top and bottom <= y + g["bounding"][3]]
         assert len(inside) == 1, f"{path.name}: node {node['id']} in {len(inside)} groups"
     assert generator.wires_behind_nodes(graph) == []
-    # The frontend's fit-to-view: 0.6 or more, except the two shots workflows with an image model's
-    # graph inside (grouped, 0.5).
-    assert generator.fit_scale(graph) >= (0.49 if "shots" in path.stem else 0.6)
+    # The frontend's fit-to-view: 0.6 or more, except the workflows with an image model's graph inside
+    # (shots, film: grouped by stage, 0.5).
+    image_model = "shots" in path.stem or ("film" in path.stem and "assemble" not in path.stem)
+    assert generator.fit_scale(graph) >= (0.45 if image_model else 0.6)
     for node in graph["nodes"]:
         title = node.get("title", node["type"])
         assert node["size"][0] >= generator.TITLE_MARGIN + generator.TITLE_CHAR_W * len(title), node["type"]
