@@ -114,21 +114,37 @@ def after_run_notes(report: dict, detector) -> list[str]:
     return ignored_cuts_notes(report.get("ignored_cuts", []), detector.min_shot_length)
 
 
+PROPAGATIONS = ["forward", "bidirectional"]
+
+
+def propagation_input() -> dict:
+    """The optional propagation choice of the colorize nodes (appended last: older workflows keep their order)."""
+    return {"propagation": (PROPAGATIONS, {"default": "forward", "tooltip": (
+        "forward: the official one-way propagation (each keyframe's colours flow forward only, so they can jump "
+        "at the next keyframe). bidirectional: between two exemplars of a shot, a pass from each is blended by "
+        "distance, so colours glide into every keyframe; it costs about a second pass over the frames between a "
+        "shot's first and last exemplar (buffered in ComfyUI's temp folder). With one exemplar per shot both "
+        "give the same result.")})}
+
+
 def run_session(model, memory: MemorySeed, frames, total: int | None, size_choice: str, keep_luminance: bool,
-                key_batch: int, on_frame, *, shots=None, detector=None):
+                key_batch: int, on_frame, *, shots=None, detector=None, propagation: str = "forward"):
     """Shared loop: device placement, progress, interruption, offload; calls on_frame(ColorizedFrame).
-    shots: None (official), "auto" (found with the ShotDetectorConfig `detector`) or a shot list.
+    shots: None (official), "auto" (found with the ShotDetectorConfig `detector`) or a shot list;
+    propagation: "forward" or "bidirectional" (see `propagation_input`).
     Returns the finished session (for its report)."""
-    from ..colormnet_core.session import ColorizeSession
+    from ..colormnet_core.propagation import make_session
 
     device = host.torch_device()
     network = model.network(device)
     update = host.progress(total or 1)
     try:
-        session = ColorizeSession(
-            network, memory.exemplars, memory.config, size=processing_size(size_choice), device=device,
-            precision=model.autocast(device), key_batch=key_batch, output_device=host.intermediate_device(),
-            gamut="keep_luminance" if keep_luminance else "clip", shots=shots, shot_config=detector)
+        spill = {"spill_dir": host.temp_dir()} if propagation == "bidirectional" else {}
+        session = make_session(
+            network, memory.exemplars, memory.config, propagation=propagation, size=processing_size(size_choice),
+            device=device, precision=model.autocast(device), key_batch=key_batch,
+            output_device=host.intermediate_device(), gamut="keep_luminance" if keep_luminance else "clip",
+            shots=shots, shot_config=detector, **spill)
         for result in session.run(frames, should_stop=host.interrupted):
             on_frame(result)
             update(result.index + 1)
@@ -161,12 +177,12 @@ class ColorMNetColorize:
             "memory": ("COLORMNET_MEMORY",),
             "frames": ("IMAGE", {"tooltip": "Video frames; only their luminance is used."}),
             **_size_inputs(),
-        }, "optional": {**shot_inputs(), **custom_size_input(), **auto_shot_inputs()},
+        }, "optional": {**shot_inputs(), **custom_size_input(), **auto_shot_inputs(), **propagation_input()},
             "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def colorize(self, model, memory, frames, processing_size, keep_luminance, key_batch,
                  shots="none (official)", shot_list=None, custom_size=None, shot_threshold=None,
-                 min_shot_length=None, unique_id=None):
+                 min_shot_length=None, propagation="forward", unique_id=None):
         batch = to_bchw(frames, "frames")
         size = size_choice(processing_size, custom_size)
         require_finite(frames)
@@ -182,7 +198,7 @@ class ColorMNetColorize:
             out[result.index] = result.rgb.permute(1, 2, 0)
 
         session = run_session(model, memory, batch, batch.shape[0], size, keep_luminance, key_batch,
-                              store, shots=choice, detector=detector)
+                              store, shots=choice, detector=detector, propagation=propagation)
         report = session.report()
         host.show_text(unique_id, warnings, notes + after_run_notes(report, detector))
         return (out, plot_report(report, memory.exemplars.pinned_frames), json.dumps(report))

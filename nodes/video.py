@@ -22,6 +22,7 @@ from .colorize import (
     after_run_notes,
     custom_size_input,
     precision_notes,
+    propagation_input,
     require_finite,
     run_session,
     size_choice,
@@ -149,13 +150,13 @@ def frame_rate(value) -> float:
 
 
 def colorize_video(model, memory, reader, target: Path, size_options: tuple, crf: int, node_id=None, *,
-                   shots=None, detector=None):
+                   shots=None, detector=None, propagation: str = "forward"):
     """Decode -> colorize -> encode, one frame at a time, into `target` (renamed there only when complete).
     Pinned exemplars are checked first: their frames must exist; frame 0's is compared with its exemplar
     (the only frame known before reading; a VIDEO made from frames has them all) and warnings shown on
     the node `node_id`, with notes (precision, padding to even sizes, ignored cuts). shots: None, "auto"
-    (cuts found while streaming with the ShotDetectorConfig `detector`) or a shot list. Returns the
-    finished session (for its report)."""
+    (cuts found while streaming with the ShotDetectorConfig `detector`) or a shot list; propagation:
+    "forward" or "bidirectional". Returns the finished session (for its report)."""
     from ..colormnet_core.exemplar_checks import check_exemplars
     from ..colormnet_core.video_file import VideoWriter
 
@@ -170,7 +171,7 @@ def colorize_video(model, memory, reader, target: Path, size_options: tuple, crf
                      audio_waveform=getattr(reader, "waveform", None), crf=crf) as writer:
         session = run_session(model, memory, reader, reader.estimated_frames, *size_options,
                               lambda result: writer.write(result.rgb, reader.timestamp(result.index)), shots=shots,
-                              detector=detector)
+                              detector=detector, propagation=propagation)
     if writer.padded:
         notes.append(f"the frames are {reader.width}x{reader.height}; H.264 needs even sizes, so the video was "
                      f"padded to {writer.padded[0]}x{writer.padded[1]} (last row/column repeated). Crop it in "
@@ -201,12 +202,12 @@ class ColorMNetVideo:
                                 "its luminance is used; its sound is copied."}),
             **_size_inputs(),
             "crf": CRF_INPUT,
-        }, "optional": {**shot_inputs(), **custom_size_input(), **auto_shot_inputs()},
+        }, "optional": {**shot_inputs(), **custom_size_input(), **auto_shot_inputs(), **propagation_input()},
             "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def colorize(self, model, memory, video, processing_size, keep_luminance, key_batch, crf=18,
                  shots="none (official)", shot_list=None, custom_size=None, shot_threshold=None,
-                 min_shot_length=None, unique_id=None):
+                 min_shot_length=None, propagation="forward", unique_id=None):
         size = size_choice(processing_size, custom_size)
         reader = open_video(video)
         # The header's frame count (None when absent) checks a connected shot list; "auto" still streams.
@@ -217,7 +218,7 @@ class ColorMNetVideo:
         # A new name per run: ComfyUI may still hold (cache) the VIDEO of an earlier run until this one ends.
         target = folder / f"colormnet_{_node_tag(unique_id)}{uuid.uuid4().hex[:12]}.mp4"
         session = colorize_video(model, memory, reader, target, (size, keep_luminance, key_batch), crf, unique_id,
-                                 shots=shot_choice, detector=detector)
+                                 shots=shot_choice, detector=detector, propagation=propagation)
         remove_earlier_outputs(folder, unique_id, keep=target)
         result = host.video_from_file(target) or VideoFile(target)
         report = session.report()

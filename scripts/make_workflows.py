@@ -453,7 +453,12 @@ def keyframes(defs):
             previous = g.add("ColorMNetLoadExemplar", image=(image, 0), frame=frame, **extra)
         return previous
 
-    return video_workflow(defs, "colormnet/keyframes", "2 · One exemplar per shot", two_keyframes, video=TWO_SHOTS)
+    g = video_workflow(defs, "colormnet/keyframes", "2 · One exemplar per shot", two_keyframes, video=TWO_SHOTS)
+    # Shots found here (memory starts afresh at the cut) and bidirectional propagation: with more keyframes
+    # in a shot, colours glide into each of them instead of jumping there.
+    colorize = next(n for n in g.nodes if n["type"] == "ColorMNetColorize")
+    colorize["inputs"].update(shots="auto", propagation="bidirectional")
+    return g
 
 
 def image_model_exemplar(defs):
