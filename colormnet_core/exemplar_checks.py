@@ -34,9 +34,10 @@ LUMA_MIN_CORRELATION = 0.95      # see the module docstring
 _POOL = 32                       # side of the luminance thumbnails compared
 
 
-def _rgb(image: Tensor) -> Tensor:
-    """`C x H x W` (C = 1, 3, 4; uint8 or float) -> `1 x 3 x H x W` float64 in [0, 1]."""
-    return as_rgb(image.unsqueeze(0), "exemplar image").double()
+def _rgb(image: Tensor, what: str) -> Tensor:
+    """`C x H x W` (C = 1, 3, 4; uint8 or float) -> `1 x 3 x H x W` float64 in [0, 1]; `what` names the
+    image in the error about NaN (an exemplar or a frame, so the message points at the right input)."""
+    return as_rgb(image.unsqueeze(0), what).double()
 
 
 def _thumbnail_lab(rgb: Tensor, size: int) -> Tensor:
@@ -61,7 +62,7 @@ def check_exemplar(image: Tensor, frame: int | None = None) -> list[str]:
         warnings.append(
             f"{name} is only {width}x{height} pixels: it carries almost no colour detail (the network reads "
             f"colour at 1/16 of the processing size). Use a larger image, ideally the frame's own size.")
-    rgb = _rgb(image)
+    rgb = _rgb(image, name)
     if image.shape[0] == 1:   # a single channel is grey by definition
         chroma = torch.zeros(1)
     else:
@@ -91,8 +92,8 @@ def check_pinned(image: Tensor, frame_image: Tensor, frame: int) -> list[str]:
             f"to the frames' aspect ratio, or use it as a reference (frame = -1), which matches colours by "
             f"content, not position.")
     size = min(_POOL, eh, ew, fh, fw)
-    ex = _thumbnail_lab(_rgb(image), size)[:, 0].flatten()
-    fr = _thumbnail_lab(_rgb(frame_image), size)[:, 0].flatten()
+    ex = _thumbnail_lab(_rgb(image, _name(frame)), size)[:, 0].flatten()
+    fr = _thumbnail_lab(_rgb(frame_image, f"frame {frame} (of the frames to colorize)"), size)[:, 0].flatten()
     ex, fr = ex - ex.mean(), fr - fr.mean()
     denominator = ex.norm() * fr.norm()
     if denominator > 1e-6 * ex.numel():   # a flat frame or exemplar has no structure to compare

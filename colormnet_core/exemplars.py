@@ -102,7 +102,8 @@ class EncodedExemplars:
     @torch.inference_mode()
     def _prepare_one(self, exemplar: Exemplar, network: ColorMNet, geometry: Geometry,
                      device: torch.device) -> PreparedExemplar:
-        rgb = as_rgb(exemplar.image.unsqueeze(0), "exemplar image")
+        name = "the reference exemplar" if exemplar.frame is None else f"the exemplar pinned to frame {exemplar.frame}"
+        rgb = as_rgb(exemplar.image.unsqueeze(0), name)
         if geometry.resized:
             rgb = resize(rgb, geometry.processing_size)           # ours: float, antialiased
         else:

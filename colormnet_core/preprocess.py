@@ -152,8 +152,10 @@ def as_rgb(frames: Tensor, what: str = "frames") -> Tensor:
         return frames.to(torch.float64) / 255
     if not frames.is_floating_point():
         raise InputError(f"{what} must be uint8 or float in [0, 1], got {frames.dtype}.")
-    if not torch.isfinite(frames).all():
-        raise InputError(f"{what} contain NaN or infinite values; check the node or file that produced them.")
+    finite = torch.isfinite(frames).flatten(1).all(1)
+    if not finite.all():
+        where = f" (first at index {int((~finite).nonzero()[0])})" if frames.shape[0] > 1 else ""
+        raise InputError(f"NaN or infinite values in {what}{where}; check the node or file that produced them.")
     return frames.clamp(0, 1)
 
 

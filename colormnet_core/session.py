@@ -141,13 +141,17 @@ class ColorizeSession:
     def report(self, *, low: float = 0.5, min_run: int = 10) -> dict:
         """JSON-serialisable summary: {"shots": [[first, last], ...] (inclusive, 0-based),
         "confidence": [float per frame], "needs_exemplar": [frame indices] (see
-        `shots.needs_exemplar`), "reset_at_cuts": bool}."""
+        `shots.needs_exemplar`), "ignored_cuts": [frame indices of cuts "auto" dropped as closer than
+        min_shot_length to the previous one], "reset_at_cuts": bool}."""
         shots, confidence = self.shots, self.confidence
+        detector = self._bounds.detector
+        ignored = detector.ignored_cuts if detector is not None else []
         return {
             "shots": [[s.first, s.last] for s in shots],
             "confidence": [round(c, 6) for c in confidence],
             "needs_exemplar": needs_exemplar(shots, confidence, self.exemplars.pinned_frames,
-                                             low=low, min_run=min_run),
+                                             low=low, min_run=min_run, ignored_cuts=ignored),
+            "ignored_cuts": list(ignored),
             "reset_at_cuts": self.reset_at_cuts,
         }
 

@@ -95,6 +95,7 @@ class ShotDetector:
         self.config = config or ShotDetectorConfig()
         self.frames_seen = 0
         self.starts: list[int] = [0]
+        self.ignored_cuts: list[int] = []   # cuts closer than min_shot_length to the shot start before them
         self._previous: Tensor | None = None
         self._histograms: deque[tuple[int, Tensor]] = deque(maxlen=self.config.fade_window + 1)
         self._scores: deque[float] = deque(maxlen=self._SCORE_HISTORY)
@@ -119,6 +120,8 @@ class ShotDetector:
                 # A cut too close to the last one is dropped, and no cross-fade comparison spans it
                 # (it would report the same cut a few frames later).
                 new_shot, cut, self._floor = allowed, True, max(self._floor, t)
+                if not allowed:
+                    self.ignored_cuts.append(t)
             elif allowed and t > self._floor:
                 reference = next(h for i, h in self._histograms if i >= max(t - cfg.fade_window, self._floor))
                 if _histogram_distance(histogram, reference) >= cfg.fade_threshold:
@@ -218,14 +221,23 @@ def shot_of(shots: Sequence[Shot], frame: int) -> int:
 
 
 def needs_exemplar(shots: Sequence[Shot], confidence: Sequence[float], exemplar_frames: Iterable[int], *,
-                   low: float = 0.5, min_run: int = 10) -> list[int]:
+                   low: float = 0.5, min_run: int = 10, ignored_cuts: Iterable[int] = ()) -> list[int]:
     """Frames where a new exemplar would help, ascending: the first frame of every shot with no
-    exemplar pinned inside it, and the first frame of every run of >= `min_run` consecutive frames of
-    one shot whose confidence (see `ColorizeSession`, in [0, 1]) is below `low`."""
+    exemplar pinned inside it whose confidence (see `ColorizeSession`, in [0, 1]) is below `low` there
+    (a reference exemplar may colour it well), the first frame of every run of >= `min_run` consecutive
+    frames of one shot below `low`, and every ignored cut (a scene change too close to the previous
+    cut to start a shot) followed by any frame below `low` before the next cut: that scene is coloured
+    from the previous one's exemplar, so even a short stretch of it needs its own."""
     pinned = set(exemplar_frames)
     frames: set[int] = set()
+    n = len(confidence)
+    boundaries = sorted({s.first for s in shots} | set(ignored_cuts) | {n})
+    for cut in ignored_cuts:
+        following = next(b for b in boundaries if b > cut)
+        if any(confidence[t] < low for t in range(cut, min(following, n))):
+            frames.add(cut)
     for shot in shots:
-        if not any(shot.holds(f) for f in pinned):
+        if not any(shot.holds(f) for f in pinned) and shot.first < n and confidence[shot.first] < low:
             frames.add(shot.first)
         run_start = None
         for t in range(shot.first, min(shot.last, len(confidence) - 1) + 1):

@@ -14,7 +14,17 @@ from ..colormnet_core.resources import check_memory, estimate_colorize_memory
 from . import host
 from .memory import MemorySeed
 from .search import SEARCH_ALIASES
-from .shots import SHOT_OUTPUT_TOOLTIPS, SHOT_RETURN_NAMES, SHOT_RETURN_TYPES, plot_report, session_shots, shot_inputs
+from .shots import (
+    SHOT_OUTPUT_TOOLTIPS,
+    SHOT_RETURN_NAMES,
+    SHOT_RETURN_TYPES,
+    auto_shot_inputs,
+    ignored_cuts_notes,
+    plot_report,
+    session_shots,
+    shot_config,
+    shot_inputs,
+)
 from .tensors import to_bchw
 
 log = logging.getLogger(__name__)
@@ -79,20 +89,62 @@ def preflight(batch: torch.Tensor, memory: MemorySeed, size: str, key_batch: int
                                       frame_at=lambda i: batch[i] if i < count else None)
 
 
+def require_finite(frames, what: str = "frames") -> None:
+    """InputError naming the first frame of `frames` (`T x ...`, float) that holds NaN or infinity,
+    checked frame by frame so the check needs no copy of the whole batch."""
+    if not frames.is_floating_point():
+        return
+    for index, frame in enumerate(frames):
+        if not torch.isfinite(frame).all():
+            raise InputError(f"NaN or infinite values in {what}: frame {index} is the first with them; check the "
+                             f"node that made the frames (e.g. a division by zero in an image node).")
+
+
+def precision_notes(model, device: torch.device) -> list[str]:
+    """The node note when the chosen precision cannot run as chosen on `device`."""
+    if model.precision == "fp16" and model.autocast(device) != "float16":
+        return [f"precision fp16 runs as fp32 on the {device.type.upper()}: it has no fast half-precision "
+                f"kernels (fp16 would be about 30x slower). Choose auto or fp32 here, or run on a GPU for fp16."]
+    return []
+
+
+def after_run_notes(report: dict, detector) -> list[str]:
+    """Notes from a finished run's report: the scene changes 'auto' shots ignored (ShotDetectorConfig
+    `detector`'s min_shot_length)."""
+    return ignored_cuts_notes(report.get("ignored_cuts", []), detector.min_shot_length)
+
+
+PROPAGATIONS = ["forward", "bidirectional"]
+
+
+def propagation_input() -> dict:
+    """The optional propagation choice of the colorize nodes (appended last: older workflows keep their order)."""
+    return {"propagation": (PROPAGATIONS, {"default": "forward", "tooltip": (
+        "forward: the official one-way propagation (each keyframe's colours flow forward only, so they can jump "
+        "at the next keyframe). bidirectional: between two exemplars of a shot, a pass from each is blended by "
+        "distance, so colours glide into every keyframe; it costs about a second pass over the frames between a "
+        "shot's first and last exemplar (buffered in ComfyUI's temp folder). With one exemplar per shot both "
+        "give the same result.")})}
+
+
 def run_session(model, memory: MemorySeed, frames, total: int | None, size_choice: str, keep_luminance: bool,
-                key_batch: int, on_frame, *, shots=None):
+                key_batch: int, on_frame, *, shots=None, detector=None, propagation: str = "forward"):
     """Shared loop: device placement, progress, interruption, offload; calls on_frame(ColorizedFrame).
-    shots: None (official), "auto" or a shot list. Returns the finished session (for its report)."""
-    from ..colormnet_core.session import ColorizeSession
+    shots: None (official), "auto" (found with the ShotDetectorConfig `detector`) or a shot list;
+    propagation: "forward" or "bidirectional" (see `propagation_input`).
+    Returns the finished session (for its report)."""
+    from ..colormnet_core.propagation import make_session
 
     device = host.torch_device()
     network = model.network(device)
     update = host.progress(total or 1)
     try:
-        session = ColorizeSession(
-            network, memory.exemplars, memory.config, size=processing_size(size_choice), device=device,
-            precision=model.autocast(device), key_batch=key_batch, output_device=host.intermediate_device(),
-            gamut="keep_luminance" if keep_luminance else "clip", shots=shots)
+        spill = {"spill_dir": host.temp_dir()} if propagation == "bidirectional" else {}
+        session = make_session(
+            network, memory.exemplars, memory.config, propagation=propagation, size=processing_size(size_choice),
+            device=device, precision=model.autocast(device), key_batch=key_batch,
+            output_device=host.intermediate_device(), gamut="keep_luminance" if keep_luminance else "clip",
+            shots=shots, shot_config=detector, **spill)
         for result in session.run(frames, should_stop=host.interrupted):
             on_frame(result)
             update(result.index + 1)
@@ -125,13 +177,20 @@ class ColorMNetColorize:
             "memory": ("COLORMNET_MEMORY",),
             "frames": ("IMAGE", {"tooltip": "Video frames; only their luminance is used."}),
             **_size_inputs(),
-        }, "optional": {**shot_inputs(), **custom_size_input()}, "hidden": {"unique_id": "UNIQUE_ID"}}
+        }, "optional": {**shot_inputs(), **custom_size_input(), **auto_shot_inputs(), **propagation_input()},
+            "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def colorize(self, model, memory, frames, processing_size, keep_luminance, key_batch,
-                 shots="none (official)", shot_list=None, custom_size=None, unique_id=None):
+                 shots="none (official)", shot_list=None, custom_size=None, shot_threshold=None,
+                 min_shot_length=None, propagation="forward", unique_id=None):
         batch = to_bchw(frames, "frames")
         size = size_choice(processing_size, custom_size)
-        host.show_text(unique_id, preflight(batch, memory, size, key_batch))
+        require_finite(frames)
+        choice = session_shots(shots, shot_list, batch.shape[0])
+        detector = shot_config(shot_threshold, min_shot_length)
+        warnings = preflight(batch, memory, size, key_batch)
+        notes = precision_notes(model, host.torch_device())
+        host.show_text(unique_id, warnings, notes)
         # Three channels out whatever came in (RGBA or grey frames give RGB colour).
         out = torch.empty((*frames.shape[:3], 3), dtype=torch.float32, device=host.intermediate_device())
 
@@ -139,6 +198,7 @@ class ColorMNetColorize:
             out[result.index] = result.rgb.permute(1, 2, 0)
 
         session = run_session(model, memory, batch, batch.shape[0], size, keep_luminance, key_batch,
-                              store, shots=session_shots(shots, shot_list, batch.shape[0]))
+                              store, shots=choice, detector=detector, propagation=propagation)
         report = session.report()
+        host.show_text(unique_id, warnings, notes + after_run_notes(report, detector))
         return (out, plot_report(report, memory.exemplars.pinned_frames), json.dumps(report))

@@ -26,7 +26,7 @@ import torch
 
 from ..colormnet_core.errors import Cancelled, InputError, ResolutionError
 from . import host
-from .colorize import _size_inputs, custom_size_input, size_choice
+from .colorize import _size_inputs, custom_size_input, propagation_input, size_choice
 from .search import SEARCH_ALIASES
 from .shots import confidence_plot
 from .video import CRF_INPUT, InMemoryVideo, VideoFile, video_source
@@ -330,11 +330,12 @@ def pin_exemplars(project, exemplars, shot: int) -> list[str]:
     return notes
 
 
-def film_settings(model, memory, size: str, keep_luminance: bool, crf: int, device: torch.device):
+def film_settings(model, memory, size: str, keep_luminance: bool, crf: int, device: torch.device,
+                  propagation: str = "forward"):
     """FilmSettings for the node's choices: what changes a segment's bytes."""
     return _core().FilmSettings(size=None if not size[:1].isdigit() else size, memory=memory.config,
                                 precision=model.autocast(device), gamut="keep_luminance" if keep_luminance else "clip",
-                                crf=int(crf))
+                                crf=int(crf), propagation=propagation)
 
 
 def _confidence_file(fingerprint: str) -> Path:
@@ -419,10 +420,10 @@ class ColorMNetRenderShot:
                      "Shot's 'shot' output."}),
             **_size_inputs(),
             "crf": CRF_INPUT,
-        }, "optional": custom_size_input(), "hidden": {"unique_id": "UNIQUE_ID"}}
+        }, "optional": {**custom_size_input(), **propagation_input()}, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def render(self, film, model, memory, shot, processing_size, keep_luminance, key_batch, crf=18,
-               custom_size=None, unique_id=None):
+               custom_size=None, propagation="forward", unique_id=None):
         core = _core()
         size = size_choice(processing_size, custom_size)
         project = open_project(film)
@@ -432,7 +433,7 @@ class ColorMNetRenderShot:
                              f"Shot's 'shot' output to Render Shot.")
         notes = pin_exemplars(project, memory.exemplars.exemplars, shot)
         device = host.torch_device()
-        settings = film_settings(model, memory, size, keep_luminance, crf, device)
+        settings = film_settings(model, memory, size, keep_luminance, crf, device, propagation)
         sha = checkpoint_sha256(model.path)
         (job,) = core.plan_jobs(project, settings, sha, shots=[shot])
         project.remember_settings(settings, sha)   # Film Project's summary and Assemble judge against these

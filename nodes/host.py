@@ -103,11 +103,24 @@ def progress(total: int, node_id: str | None = None) -> Callable[[int], None]:
     return lambda done: bar.update_absolute(done, total)
 
 
-def show_text(node_id: str | None, lines: list[str]) -> None:
-    """Show `lines` as warnings on the node `node_id` in the ComfyUI frontend (the text preview that
-    API nodes use for status); no-op standalone or without a node id."""
-    if lines:
-        _send_text(node_id, "\n".join(f"Warning: {line}" for line in lines))
+TEXT_WIDTH = 44   # characters a line: what a 330 px node shows in the preview's 12 px type
+
+
+def node_text(warnings: list[str], notes: list[str] = ()) -> str:
+    """The text shown on a node: each warning, then each note, wrapped to TEXT_WIDTH characters a line
+    (the frontend's preview would otherwise cut a long line at the node's edge)."""
+    import textwrap
+
+    paragraphs = [f"Warning: {w}" for w in warnings] + [f"Note: {n}" for n in notes]
+    return "\n\n".join(textwrap.fill(p, TEXT_WIDTH, break_long_words=False) for p in paragraphs)
+
+
+def show_text(node_id: str | None, lines: list[str], notes: list[str] = ()) -> None:
+    """Show warnings (`lines`) and `notes` as text on the node `node_id` in the ComfyUI frontend (the
+    text preview that API nodes use for status); no-op standalone or without a node id. Each call
+    replaces the node's text."""
+    if lines or notes:
+        _send_text(node_id, node_text(list(lines), list(notes)))
 
 
 def show_status(node_id: str | None, lines: list[str]) -> None:

@@ -16,7 +16,15 @@ import numpy as np
 import torch
 
 from ..colormnet_core.errors import InputError
-from ..colormnet_core.shots import Shot, ShotDetector, ShotDetectorConfig, keyframe_indices, shots_to_text
+from ..colormnet_core.shots import (
+    Shot,
+    ShotDetector,
+    ShotDetectorConfig,
+    keyframe_indices,
+    parse_shots,
+    shots_to_text,
+    validate_shots,
+)
 from . import host
 from .tensors import to_bchw, to_bhwc
 
@@ -63,21 +71,25 @@ class ColorMNetDetectShots:
                 "video": ("VIDEO", {"tooltip": "Or a VIDEO (e.g. from Load Video): read frame by frame, only "
                                     "the keyframes are kept in memory. Connect frames or video, not both."}),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def detect(self, threshold, min_shot_length, frames=None, video=None):
+    def detect(self, threshold, min_shot_length, frames=None, video=None, unique_id=None):
         if (frames is None) == (video is None):
             raise InputError("ColorMNet Detect Shots needs exactly one input: connect either 'frames' (an IMAGE "
                              "batch) or 'video' (a VIDEO), not " + ("both." if frames is not None else "neither."))
         config = ShotDetectorConfig(threshold=float(threshold), min_shot_length=int(min_shot_length))
         if frames is not None:
             batch = to_bchw(frames, "frames")
-            shots = _detect(config, iter(batch), batch.shape[0], keep=False)[0]
+            shots, _, ignored = _detect(config, iter(batch), batch.shape[0], keep=False)
             keyframes = frames[keyframe_indices(shots)]
         else:
             chw_frames, total = _video_frames(video)
-            shots, kept = _detect(config, chw_frames, total, keep=True)
+            shots, kept, ignored = _detect(config, chw_frames, total, keep=True)
             keyframes = to_bhwc(torch.stack([_as_float(kept[i]) for i in keyframe_indices(shots)]))
+        # Image models and Preview Image take RGB: grey (1 channel) or RGBA keyframes become RGB.
+        keyframes = keyframes[..., :3] if keyframes.shape[-1] >= 3 else keyframes[..., :1].expand(-1, -1, -1, 3)
+        host.show_text(unique_id, ignored_cuts_notes(ignored, config.min_shot_length))
         shots = tuple(shots)
         indices = ", ".join(str(i) for i in keyframe_indices(shots))
         log.info("ColorMNet: %d shot(s): %s", len(shots), shots_to_text(shots))
@@ -85,9 +97,10 @@ class ColorMNetDetectShots:
 
 
 def _detect(config: ShotDetectorConfig, frames: Iterator[torch.Tensor], total: int | None, *,
-            keep: bool) -> tuple[list[Shot], dict[int, torch.Tensor]]:
+            keep: bool) -> tuple[list[Shot], dict[int, torch.Tensor], list[int]]:
     """Streams the frames through the detector; with keep, remembers the frames where a shot starts
-    (a later cut may still be dropped by min_shot_length, so the final list decides)."""
+    (a later cut may still be dropped by min_shot_length, so the final list decides). Returns the shots,
+    those frames and the cuts dropped as too close to the previous one."""
     detector = ShotDetector(config)
     update = host.progress(total or 1)
     kept: dict[int, torch.Tensor] = {}
@@ -101,7 +114,19 @@ def _detect(config: ShotDetectorConfig, frames: Iterator[torch.Tensor], total: i
         update(count)
     if count == 0:
         raise InputError("the video has no frames; check the node that loads it.")
-    return detector.finish(total=count), kept
+    return detector.finish(total=count), kept, detector.ignored_cuts
+
+
+def ignored_cuts_notes(ignored: Sequence[int], min_shot_length: int) -> list[str]:
+    """The node text for scene changes the detector saw but dropped (closer than min_shot_length)."""
+    if not ignored:
+        return []
+    frames = ", ".join(str(f) for f in ignored)
+    message = (f"scene change(s) at frame(s) {frames} ignored: closer than min_shot_length ({min_shot_length} "
+               f"frames) to the previous cut, so each is coloured from the previous scene's exemplar. Lower "
+               f"min_shot_length to cut there, or pin an exemplar to that frame.")
+    log.warning("ColorMNet: %s", message)
+    return [message]
 
 
 def _as_float(frame: torch.Tensor) -> torch.Tensor:
@@ -179,6 +204,10 @@ def confidence_plot(confidence: Sequence[float], shots: Sequence[Sequence[int]] 
             triangle = np.array([[x - 9, top - 14], [x + 9, top - 14], [x, top]], np.int32)
             cv2.fillPoly(img, [triangle], _NEED, cv2.LINE_AA)
             cv2.line(img, (x, top), (x, top + ph), _NEED, 1, cv2.LINE_AA)
+            label = str(f)   # the frame number, beside the marker (right of it unless at the right edge)
+            (tw, _), _ = cv2.getTextSize(label, _FONT, 0.5, 1)
+            lx = x + 12 if x + 12 + tw < width else x - 12 - tw
+            cv2.putText(img, label, (lx, top - 2), _FONT, 0.5, _NEED, 1, cv2.LINE_AA)
     cv2.rectangle(img, (left, top), (left + pw, top + ph), _TEXT, 1)
     ticks = sorted({0, n - 1, *(first for first, _ in shots)})
     last_x = -100
@@ -220,14 +249,41 @@ def shot_inputs() -> dict:
         "shots": (SHOT_MODES, {"default": SHOT_MODES[0], "tooltip": (
             "Per-shot reset: at every cut, memory and hidden state start afresh so colours do not leak from "
             "the previous shot. 'none (official)': one continuous shot (the official behaviour). 'auto': "
-            "detect cuts here (default detector settings). 'from input': the shot list from ColorMNet Detect "
-            "Shots. With shots, every shot needs an exemplar pinned inside it or a reference exemplar.")}),
-        "shot_list": ("COLORMNET_SHOTS", {"tooltip": "From ColorMNet Detect Shots; used when shots = 'from input'."}),
+            "detect cuts here (with shot_threshold and min_shot_length). 'from input': the shot list from "
+            "ColorMNet Detect Shots, or text such as 0-11,12-23. With shots, every shot needs an exemplar pinned "
+            "inside it or a reference exemplar.")}),
+        "shot_list": ("COLORMNET_SHOTS,STRING", {"tooltip": (
+            "From ColorMNet Detect Shots, or text (e.g. a String node) in the CLI's --shots syntax: inclusive "
+            "frame ranges from 0 such as 0-11,12-23. Used when shots = 'from input'.")}),
     }
 
 
-def session_shots(mode: str, shot_list: Sequence[Shot] | None, total: int | None):
-    """The `shots` argument of ColorizeSession for the node's choice: None, "auto" or the list."""
+def auto_shot_inputs() -> dict:
+    """The detector settings for shots = 'auto' (appended after the older optional inputs)."""
+    return {
+        "shot_threshold": ("FLOAT", {
+            "default": _DEFAULTS.threshold, "min": 0.01, "max": 1.0, "step": 0.01,
+            "tooltip": "shots = 'auto': how different two neighbouring frames must be (0-1) to count as a cut "
+                       "(as on Detect Shots)."}),
+        "min_shot_length": ("INT", {
+            "default": _DEFAULTS.min_shot_length, "min": 1, "max": 100_000,
+            "tooltip": "shots = 'auto': shortest shot in frames; a cut closer than this to the previous one is "
+                       "ignored, and the node's text lists the ignored ones."}),
+    }
+
+
+def shot_config(threshold: float | None, min_shot_length: int | None) -> ShotDetectorConfig:
+    """The detector settings of a colorize node's 'auto' shots (None: the default)."""
+    return ShotDetectorConfig(
+        threshold=_DEFAULTS.threshold if threshold is None else float(threshold),
+        min_shot_length=_DEFAULTS.min_shot_length if min_shot_length is None else int(min_shot_length))
+
+
+def session_shots(mode: str, shot_list, total: int | None):
+    """The `shots` argument of ColorizeSession for the node's choice: None, "auto" or the list.
+
+    shot_list: Detect Shots' tuple of `Shot`s, [first, last] pairs (through the API), or text in the
+    CLI's --shots syntax (read by the same `parse_shots`)."""
     if mode not in SHOT_MODES:
         raise InputError(f"shots must be one of {SHOT_MODES}, got {mode!r}.")
     if mode != "from input":
@@ -235,14 +291,24 @@ def session_shots(mode: str, shot_list: Sequence[Shot] | None, total: int | None
             raise InputError(f"a shot list is connected but shots is {mode!r}, so it would be ignored. Set shots "
                              f"to 'from input' to use it, or disconnect shot_list.")
         return None if mode == SHOT_MODES[0] else "auto"
+    if isinstance(shot_list, str):
+        parsed = parse_shots(shot_list)   # names the part it cannot read and shows the syntax
+        if parsed == "auto":
+            return "auto"
+        shot_list = parsed
     if not shot_list:
         raise InputError("shots is 'from input' but no shot list is connected: connect the 'shots' output of "
-                         "ColorMNet Detect Shots to shot_list, or choose 'auto'.")
-    end = shot_list[-1][1]
+                         "ColorMNet Detect Shots to shot_list (or text such as 0-11,12-23), or choose 'auto'.")
+    try:
+        shots = validate_shots(shot_list)
+    except (TypeError, ValueError, IndexError) as e:
+        raise InputError(f"shot_list must be ColorMNet Detect Shots' output, [first, last] pairs or text such as "
+                         f"0-11,12-23; got {shot_list!r}.") from e
+    end = shots[-1].last
     if total is not None and end != total - 1:
-        raise InputError(f"the shot list covers frames 0-{end} ({shots_to_text(shot_list)}) but the video has "
+        raise InputError(f"the shot list covers frames 0-{end} ({shots_to_text(shots)}) but the video has "
                          f"{total} frames; run ColorMNet Detect Shots on the same frames you colorize.")
-    return list(shot_list)
+    return shots
 
 
 def plot_report(report: dict, pinned: Sequence[int]) -> torch.Tensor:

@@ -9,14 +9,37 @@ long the film is: frames go from the decoder through the network into the encode
 from __future__ import annotations
 
 import json
+import logging
+import math
+import re
 import uuid
 from pathlib import Path
 
 from ..colormnet_core.errors import InputError
 from . import host
-from .colorize import _size_inputs, custom_size_input, run_session, size_choice
+from .colorize import (
+    _size_inputs,
+    after_run_notes,
+    custom_size_input,
+    precision_notes,
+    propagation_input,
+    require_finite,
+    run_session,
+    size_choice,
+)
 from .search import SEARCH_ALIASES
-from .shots import SHOT_OUTPUT_TOOLTIPS, SHOT_RETURN_NAMES, SHOT_RETURN_TYPES, plot_report, session_shots, shot_inputs
+from .shots import (
+    SHOT_OUTPUT_TOOLTIPS,
+    SHOT_RETURN_NAMES,
+    SHOT_RETURN_TYPES,
+    auto_shot_inputs,
+    plot_report,
+    session_shots,
+    shot_config,
+    shot_inputs,
+)
+
+log = logging.getLogger(__name__)
 
 CRF_INPUT = ("INT", {"default": 18, "min": 0, "max": 51, "tooltip": "H.264 quality. Lower is better and bigger: 18 "
                      "looks like the original, 23 is half the size, 0 is lossless (huge)."})
@@ -83,9 +106,11 @@ class InMemoryVideo:
         if self.images.ndim != 4 or self.images.shape[0] == 0:
             raise InputError(f"the VIDEO holds no frames (images of shape {tuple(self.images.shape)}); check the "
                              f"node that made it.")
-        self.fps = Fraction(components.frame_rate).limit_denominator(1_000_000) or Fraction(25)
+        self.fps = Fraction(frame_rate(components.frame_rate)).limit_denominator(1_000_000)
+        require_finite(self.images, "the VIDEO's frames")
         self.time_base = 1 / self.fps
         self.estimated_frames = self.frame_count = self.images.shape[0]
+        self.height, self.width = self.images.shape[1:3]
         sound = getattr(components, "audio", None)
         self.waveform = (sound["waveform"][0], int(sound["sample_rate"])) if sound else None
 
@@ -106,25 +131,52 @@ class InMemoryVideo:
             yield image[..., :3].permute(2, 0, 1)
 
 
+def frame_rate(value) -> float:
+    """A VIDEO's frame rate from its components, checked: a VIDEO built in memory (Create Video, or Get
+    Video Components -> Create Video) has no container to fall back to, and any guessed rate would change
+    the film's length and put its sound out of step, so a rate that is not a positive finite number is
+    an error before any work (a file-backed VIDEO keeps its own timestamps instead)."""
+    try:
+        rate = float(value)
+        shown = f"{rate:g}"   # a Fraction(0, 1) reads as 0
+    except (TypeError, ValueError):
+        rate, shown = math.nan, repr(value)
+    if not math.isfinite(rate) or rate <= 0:
+        raise InputError(f"the VIDEO's frame rate is {shown}: it must be a positive number of frames per second. "
+                         f"It comes from the node that built the VIDEO in memory (Create Video's fps, often wired "
+                         f"from Get Video Components, which gives 0 when the source stream reports none): set fps "
+                         f"on Create Video to the film's rate, e.g. 24 or 25.")
+    return rate
+
+
 def colorize_video(model, memory, reader, target: Path, size_options: tuple, crf: int, node_id=None, *,
-                   shots=None):
+                   shots=None, detector=None, propagation: str = "forward"):
     """Decode -> colorize -> encode, one frame at a time, into `target` (renamed there only when complete).
     Pinned exemplars are checked first: their frames must exist; frame 0's is compared with its exemplar
     (the only frame known before reading; a VIDEO made from frames has them all) and warnings shown on
-    the node `node_id`. shots: None, "auto" (cuts found while streaming) or a shot list. Returns the
-    finished session (for its report)."""
+    the node `node_id`, with notes (precision, padding to even sizes, ignored cuts). shots: None, "auto"
+    (cuts found while streaming with the ShotDetectorConfig `detector`) or a shot list; propagation:
+    "forward" or "bidirectional". Returns the finished session (for its report)."""
     from ..colormnet_core.exemplar_checks import check_exemplars
     from ..colormnet_core.video_file import VideoWriter
 
     pinned = memory.exemplars.pinned_frames
     if pinned:
         reader.require_frame(max(pinned))
-    host.show_text(node_id, check_exemplars(memory.exemplars.exemplars, intrinsic=False, frame_at=reader.frame_at))
+    warnings = check_exemplars(memory.exemplars.exemplars, intrinsic=False, frame_at=reader.frame_at)
+    notes = precision_notes(model, host.torch_device())
+    host.show_text(node_id, warnings, notes)
     audio_from = reader if reader.audio is not None else None
     with VideoWriter(target, fps=reader.fps, time_base=reader.time_base, audio_from=audio_from,
                      audio_waveform=getattr(reader, "waveform", None), crf=crf) as writer:
         session = run_session(model, memory, reader, reader.estimated_frames, *size_options,
-                              lambda result: writer.write(result.rgb, reader.timestamp(result.index)), shots=shots)
+                              lambda result: writer.write(result.rgb, reader.timestamp(result.index)), shots=shots,
+                              detector=detector, propagation=propagation)
+    if writer.padded:
+        notes.append(f"the frames are {reader.width}x{reader.height}; H.264 needs even sizes, so the video was "
+                     f"padded to {writer.padded[0]}x{writer.padded[1]} (last row/column repeated). Crop it in "
+                     f"an editor if the extra pixel matters.")
+    host.show_text(node_id, warnings, notes + after_run_notes(session.report(), detector or shot_config(None, None)))
     return session
 
 
@@ -150,20 +202,24 @@ class ColorMNetVideo:
                                 "its luminance is used; its sound is copied."}),
             **_size_inputs(),
             "crf": CRF_INPUT,
-        }, "optional": {**shot_inputs(), **custom_size_input()}, "hidden": {"unique_id": "UNIQUE_ID"}}
+        }, "optional": {**shot_inputs(), **custom_size_input(), **auto_shot_inputs(), **propagation_input()},
+            "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def colorize(self, model, memory, video, processing_size, keep_luminance, key_batch, crf=18,
-                 shots="none (official)", shot_list=None, custom_size=None, unique_id=None):
+                 shots="none (official)", shot_list=None, custom_size=None, shot_threshold=None,
+                 min_shot_length=None, propagation="forward", unique_id=None):
         size = size_choice(processing_size, custom_size)
         reader = open_video(video)
         # The header's frame count (None when absent) checks a connected shot list; "auto" still streams.
         shot_choice = session_shots(shots, shot_list, reader.frame_count)
+        detector = shot_config(shot_threshold, min_shot_length)
         folder = host.temp_dir()
         folder.mkdir(parents=True, exist_ok=True)
-        # A new name per run: ComfyUI may still hold (cache) the VIDEO of an earlier run.
-        target = folder / f"colormnet_{uuid.uuid4().hex[:12]}.mp4"
+        # A new name per run: ComfyUI may still hold (cache) the VIDEO of an earlier run until this one ends.
+        target = folder / f"colormnet_{_node_tag(unique_id)}{uuid.uuid4().hex[:12]}.mp4"
         session = colorize_video(model, memory, reader, target, (size, keep_luminance, key_batch), crf, unique_id,
-                                 shots=shot_choice)
+                                 shots=shot_choice, detector=detector, propagation=propagation)
+        remove_earlier_outputs(folder, unique_id, keep=target)
         result = host.video_from_file(target) or VideoFile(target)
         report = session.report()
         plot = plot_report(report, memory.exemplars.pinned_frames)
@@ -213,6 +269,30 @@ class ColorMNetColorizeVideo:
         colorize_video(model, memory, reader, target, (size, keep_luminance, key_batch), 18, unique_id)
         ui = {"images": [{"filename": target.name, "subfolder": subfolder, "type": "output"}], "animated": [True]}
         return {"ui": ui, "result": (str(target),)}
+
+
+def _node_tag(node_id) -> str:
+    """`n<id>_` for a node id (file-name safe), "" without one."""
+    return "" if node_id is None else "n" + re.sub(r"[^A-Za-z0-9]", "-", str(node_id)) + "_"
+
+
+def remove_earlier_outputs(folder: Path, node_id, keep: Path) -> list[Path]:
+    """Deletes the temp videos earlier runs of node `node_id` left in `folder`, once `keep` (this run's)
+    is complete. Each run of a film writes a full-length file there and ComfyUI empties temp only at
+    start-up, so without this every re-run of a film costs its size again on disk; Save Video has copied
+    the earlier file into the output folder during its own run, and ComfyUI's cache holds one result per
+    node, which this run's replaces. Without a node id (standalone use) nothing is removed."""
+    if node_id is None:
+        return []
+    removed = []
+    for path in folder.glob(f"colormnet_{_node_tag(node_id)}*.mp4"):
+        if path != keep:
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError as e:   # e.g. still open in a player on Windows: leave it for ComfyUI's restart
+                log.info("ColorMNet: could not remove the earlier temp video %s (%s)", path.name, e)
+    return removed
 
 
 def _next_output(out_dir, prefix: str, suffix: str):

@@ -24,13 +24,14 @@ TWO_SHOTS = "colormnet_example_two_shots.mp4"          # frames 0-11, then the s
 EXEMPLAR_MIRRORED = "colormnet_example_exemplar_mirrored.png"   # the true colour version of its frame 12
 
 # Node sizes [width, height] that fit each node's sockets and widgets (frontend 1.27: 20 px a socket
-# row, 24 px a widget, plus the title); media nodes get room for their preview. Widths grow further to fit
+# row, 24 px a widget, plus the title); media nodes get room for their preview, the colorize nodes about
+# 100 px for the warnings and notes they show after a run. Widths grow further to fit
 # the widgets' labels and values (see `fitted_size`).
 SIZES = {
     "ColorMNetModelLoader": [400, 82], "ColorMNetDownloadModel": [420, 178], "ColorMNetLoadExemplar": [300, 102],
-    "ColorMNetEncode": [260, 54], "ColorMNetMemory": [330, 226], "ColorMNetColorize": [330, 238],
-    "ColorMNetVideo": [330, 218], "ColorMNetDetectShots": [290, 162],
-    "LoadVideo": [320, 340], "LoadImage": [320, 340], "SaveVideo": [400, 380], "PreviewImage": [420, 320],
+    "ColorMNetEncode": [260, 54], "ColorMNetMemory": [330, 226], "ColorMNetColorize": [330, 360],
+    "ColorMNetVideo": [330, 380], "ColorMNetDetectShots": [290, 162],
+    "LoadVideo": [300, 300], "LoadImage": [300, 300], "SaveVideo": [360, 330], "PreviewImage": [380, 300],
     "GetVideoComponents": [240, 74], "CreateVideo": [240, 82], "ImageFromBatch": [260, 82],
     "CheckpointLoaderSimple": [340, 98], "CLIPTextEncode": [360, 160], "VAEEncode": [220, 46],
     "VAEDecode": [220, 46], "KSampler": [320, 262], "UNETLoader": [360, 82], "DualCLIPLoader": [360, 130],
@@ -42,11 +43,12 @@ DEFAULT_SIZE = [300, 120]
 # (font 24 px), and text widths measured on its screenshots (a widget's label and value in 12 px type,
 # a title in 14 px type).
 TITLE_H, SLOT_H, WIDGET_H = 30, 20, 24
-GROUP_TITLE_H, GROUP_PAD, GROUP_FONT = 34, 14, 24
+GROUP_TITLE_H, GROUP_PAD, GROUP_FONT = 34, 6, 24   # title + pad = the fit margin above a title bar
 WIDGET_CHAR_W, WIDGET_MARGIN, TITLE_CHAR_W, TITLE_MARGIN, GROUP_CHAR_W = 7, 80, 7.5, 40, 13
-COLUMN_GAP, ROW_GAP = 40, 40   # between the columns of a stage / the nodes stacked in a column
-STAGE_GAP, LANE = 50, 16       # between stage groups; one routed wire's lane in the gap below a row
-VIEW = (1860, 960)   # the canvas of a 1920x1080 browser window, for the fit-to-view scale
+COLUMN_GAP, ROW_GAP = 30, 30   # between the columns of a stage / the nodes stacked in a column
+STAGE_GAP, LANE = 34, 12       # between stage groups; one routed wire's lane in the gap below a row
+VIEW, FIT_ZOOM, FIT_MARGIN = (1920, 1080), 0.75, 40   # fit-to-view: litegraph's fitToBounds on a 1920x1080
+# canvas shows the bounds (plus the margin) at 0.75 of the scale that would fill it
 STAGE_COLOR = "#3f789e"
 # "control after generate" of INT widgets that have one (default fixed): Film Shot steps through the shots,
 # so a batch count of N queues shots 0..N-1.
@@ -101,6 +103,10 @@ class Graph:
         rows (the wrap that shows the workflow largest at fit-to-view); `new_row` forces a row to start
         here (and then only forced rows are used)."""
         self.stages.append({"title": title, "new_row": new_row})
+
+    def numbered_stage(self, title: str, **options) -> None:
+        """`stage` titled "<n> · title", n counting from 1 (for builders that add stages of their own)."""
+        self.stage(f"{len(self.stages) + 1} · {title}", **options)
 
     def add(self, node_type: str, title: str | None = None, **inputs) -> int:
         if node_type not in self.defs:
@@ -259,14 +265,15 @@ def wires_behind_nodes(graph: dict) -> list[str]:
 
 
 def fit_scale(graph: dict) -> float:
-    """The zoom at which the whole graph (nodes, groups, routed wires) fills the canvas VIEW, 40 px margin."""
+    """The frontend's fit-to-view zoom for the whole graph (nodes, groups, routed wires) on the canvas VIEW:
+    litegraph's fitToBounds, FIT_ZOOM x the scale at which the bounds plus FIT_MARGIN fill the canvas."""
     boxes = [node_rect(n) for n in graph["nodes"]]
     boxes += [(g["bounding"][0], g["bounding"][1], g["bounding"][0] + g["bounding"][2],
                g["bounding"][1] + g["bounding"][3]) for g in graph["groups"]]
     boxes += [(*r["pos"], *r["pos"]) for r in graph.get("extra", {}).get("reroutes", [])]
-    width = max(b[2] for b in boxes) - min(b[0] for b in boxes) + 80
-    height = max(b[3] for b in boxes) - min(b[1] for b in boxes) + 80
-    return min(VIEW[0] / width, VIEW[1] / height)
+    width = max(b[2] for b in boxes) - min(b[0] for b in boxes) + 2 * FIT_MARGIN
+    height = max(b[3] for b in boxes) - min(b[1] for b in boxes) + 2 * FIT_MARGIN
+    return FIT_ZOOM * min(VIEW[0] / width, VIEW[1] / height)
 
 
 def lay_out_stages(nodes: list[dict], links: list[list], stage_of: list[int], stages: list[dict]):
@@ -311,7 +318,12 @@ def _place(nodes, links, stage_of, stages, columns, starts):
     rows = [list(range(a, b)) for a, b in zip(starts, [*starts[1:], len(stages)])]
     row_of = {index: r for r, row in enumerate(rows) for index in row}
     crossing = [l for l in links if row_of[stage_of[l[1] - 1]] != row_of[stage_of[l[3] - 1]]]
-    below = [len({(l[1], l[2]) for l in crossing if row_of[stage_of[l[1] - 1]] == r}) for r in range(len(rows))]
+    row_a, row_b = (lambda l: row_of[stage_of[l[1] - 1]]), (lambda l: row_of[stage_of[l[3] - 1]])
+    # Lanes in the gap below row r: one per output with a wire leaving row r, one per output whose wire
+    # comes down the left margin from a higher row into row r + 1.
+    far = {(l[1], l[2]): l for l in crossing if row_b(l) > row_a(l) + 1}
+    below = [len({(l[1], l[2]) for l in crossing if row_a(l) == r})
+             + len({key for key, l in far.items() if row_b(l) == r + 1}) for r in range(len(rows))]
     above = [0] * len(rows)
     blocked: list[list] = []
     for _ in range(2):   # the second pass makes room for the lanes of the wires the first found blocked
@@ -347,19 +359,38 @@ def _place(nodes, links, stage_of, stages, columns, starts):
         above = [len({(l[1], l[2]) for l in blocked if row_of[stage_of[l[1] - 1]] == r}) for r in range(len(rows))]
         if not blocked:
             break
-    reroutes, extensions, lane_of = [], [], {}
+    reroutes, extensions, lane_of, margin_of = [], [], {}, {}
+    gap_used = [0] * len(rows)   # lanes taken in the gap below each row
+
+    def reroute(x, y, parent=None):
+        reroutes.append({"id": len(reroutes) + 1, "linkIds": [], "pos": [x, y]}
+                        | ({"parentId": parent["id"]} if parent else {}))
+        return reroutes[-1]
+
     for link in [*blocked, *crossing]:
         source, target = by_id[link[1]], by_id[link[3]]
-        r = row_of[stage_of[link[1] - 1]]
+        r = row_a(link)
         key = (link[1], link[2], link in crossing)
         if key not in lane_of:
-            used = sum(1 for k in lane_of if row_of[stage_of[k[0] - 1]] == r and k[2] == key[2])
-            lane_y = row_bottom[r] + STAGE_GAP / 2 + used * LANE if key[2] else row_lane[r] + used * LANE
-            lane_of[key] = {"id": len(reroutes) + 1, "linkIds": [],
-                            "pos": [source["pos"][0] + source["size"][0] + COLUMN_GAP / 2, lane_y]}
-            reroutes.append(lane_of[key])
+            if key[2]:
+                lane_y = row_bottom[r] + STAGE_GAP / 2 + gap_used[r] * LANE
+                gap_used[r] += 1
+            else:
+                lane_y = row_lane[r] + sum(1 for k in lane_of if row_of[stage_of[k[0] - 1]] == r and not k[2]) * LANE
+            lane_of[key] = reroute(source["pos"][0] + source["size"][0] + COLUMN_GAP / 2, lane_y)
         first = lane_of[key]
         first["linkIds"].append(link[0])
+        if key[2] and row_b(link) > r + 1:   # down the left margin to the gap above the target's row
+            if key not in margin_of:
+                t = row_b(link) - 1
+                x = 20 - 10 * len(margin_of)
+                top = reroute(x, first["pos"][1], first)
+                margin_of[key] = reroute(x, row_bottom[t] + STAGE_GAP / 2 + gap_used[t] * LANE, top)
+                gap_used[t] += 1
+            bend = margin_of[key]
+            for point in (bend, next(x for x in reroutes if x["id"] == bend["parentId"])):
+                point["linkIds"].append(link[0])
+            first = bend
         last = {"id": len(reroutes) + 1, "parentId": first["id"], "linkIds": [link[0]],
                 "pos": [target["pos"][0] - COLUMN_GAP / 2, first["pos"][1]]}
         reroutes.append(last)
@@ -422,7 +453,12 @@ def keyframes(defs):
             previous = g.add("ColorMNetLoadExemplar", image=(image, 0), frame=frame, **extra)
         return previous
 
-    return video_workflow(defs, "colormnet/keyframes", "2 · One exemplar per shot", two_keyframes, video=TWO_SHOTS)
+    g = video_workflow(defs, "colormnet/keyframes", "2 · One exemplar per shot", two_keyframes, video=TWO_SHOTS)
+    # Shots found here (memory starts afresh at the cut) and bidirectional propagation: with more keyframes
+    # in a shot, colours glide into each of them instead of jumping there.
+    colorize = next(n for n in g.nodes if n["type"] == "ColorMNetColorize")
+    colorize["inputs"].update(shots="auto", propagation="bidirectional")
+    return g
 
 
 def image_model_exemplar(defs):
@@ -467,28 +503,30 @@ KONTEXT_PROMPT = ("Colorize this black and white photograph with natural, realis
 
 
 def shots_workflow(defs, prefix: str, colour_keyframes) -> Graph:
-    """Load Video -> Detect Shots -> keyframes coloured by `colour_keyframes(graph, keyframes)` (one batch)
-    -> Load Exemplar (batch + the shots' frame indices) -> Colorize per shot -> Save Video, plus previews of
-    the coloured keyframes and of the confidence plot."""
+    """Load Video -> Detect Shots -> keyframes coloured by `colour_keyframes(graph, keyframes)` (one batch,
+    in stages it opens) -> Load Exemplar (batch + the shots' frame indices) -> Colorize per shot -> Save
+    Video, plus previews of the coloured keyframes and of the confidence plot."""
     g = Graph(defs)
     g.stage("1 · Find the shots")
     clip = g.add("LoadVideo", file=TWO_SHOTS)
     parts = g.add("GetVideoComponents", video=(clip, 0))
     shots = g.add("ColorMNetDetectShots", frames=(parts, 0), threshold=0.2, min_shot_length=10)
-    g.stage("2 · Colour every shot's first frame")
     coloured = colour_keyframes(g, (shots, 1))
     g.add("PreviewImage", "Coloured keyframes", images=(coloured, 0))
-    g.stage("3 · Colorize every shot")
+    g.numbered_stage("Colorize every shot")
     exemplars = g.add("ColorMNetLoadExemplar", image=(coloured, 0), frame=0, batch_frames=(shots, 2))
     out = colorize_chain(g, exemplars, frames=(parts, 0))
     g.nodes[out - 1]["inputs"].update(shots="from input", shot_list=(shots, 0))
     g.add("PreviewImage", "Match confidence (add exemplars where it drops)", images=(out, 1))
-    save_video(g, out, parts, prefix, "4 · Save the video")
+    save_video(g, out, parts, prefix, f"{len(g.stages) + 1} · Save the video")
     return g
 
 
-def sd15_img2img(g: Graph, images) -> int:
-    """Light variant: SD 1.5 img2img (any SD 1.5 checkpoint) at denoise 0.6 keeps the pictures' layout."""
+def sd15_img2img(g: Graph, images, stage: str | None = None) -> int:
+    """Light variant: SD 1.5 img2img (any SD 1.5 checkpoint) at denoise 0.6 keeps the pictures' layout.
+    stage: open a numbered stage of that title first (else the nodes join the open stage)."""
+    if stage:
+        g.numbered_stage(stage)
     ckpt = g.add("CheckpointLoaderSimple", "Any SD 1.5 checkpoint", ckpt_name=SD15_CHECKPOINT)
     positive = g.add("CLIPTextEncode", "Describe the colours", clip=(ckpt, 1),
                      text="a colour photograph, natural colours, realistic skin tones, detailed")
@@ -500,12 +538,17 @@ def sd15_img2img(g: Graph, images) -> int:
     return g.add("VAEDecode", samples=(sampled, 0), vae=(ckpt, 2))
 
 
-def kontext_colorize(g: Graph, images) -> int:
-    """Best-quality variant: FLUX.1 Kontext [dev], an instruction-editing model, told to colorize."""
+def kontext_colorize(g: Graph, images, stage: str | None = None) -> int:
+    """Best-quality variant: FLUX.1 Kontext [dev], an instruction-editing model, told to colorize.
+    stage: the loaders get a numbered stage of their own, then the colouring one titled `stage`."""
+    if stage:
+        g.numbered_stage("Load FLUX.1 Kontext")
     unet = g.add("UNETLoader", "FLUX.1 Kontext [dev]", unet_name=KONTEXT["unet"], weight_dtype="default")
     clip = g.add("DualCLIPLoader", clip_name1=KONTEXT["clip_l"], clip_name2=KONTEXT["t5"], type="flux",
                  device="default")
     vae = g.add("VAELoader", vae_name=KONTEXT["vae"])
+    if stage:
+        g.numbered_stage(stage)
     scaled = g.add("FluxKontextImageScale", image=images)
     latent = g.add("VAEEncode", pixels=(scaled, 0), vae=(vae, 0))
     prompt = g.add("CLIPTextEncode", "Instruction", clip=(clip, 0), text=KONTEXT_PROMPT)
@@ -518,13 +561,16 @@ def kontext_colorize(g: Graph, images) -> int:
     return g.add("VAEDecode", samples=(sampled, 0), vae=(vae, 0))
 
 
+SHOTS_COLOUR_STAGE = "Colour every shot's first frame"
+
+
 def shots_sd15(defs):
-    return shots_workflow(defs, "colormnet/shots_sd15", sd15_img2img)
+    return shots_workflow(defs, "colormnet/shots_sd15", lambda g, k: sd15_img2img(g, k, SHOTS_COLOUR_STAGE))
 
 
 def shots_flux_kontext(defs):
-    return shots_workflow(defs, "colormnet/shots_flux_kontext", kontext_colorize)
-
+    return shots_workflow(defs, "colormnet/shots_flux_kontext",
+                          lambda g, k: kontext_colorize(g, k, SHOTS_COLOUR_STAGE))
 
 # -- films: one shot per queued prompt (Film Shot's `shot` increments) ---------------------------------
 

@@ -196,3 +196,38 @@ def test_search_words_and_aliases(nodes):
     for node_id in ("ColorMNetColorize", "ColorMNetModelLoader", "ColorMNetLoadExemplar", "ColorMNetMemory"):
         aliases = nodes[node_id].SEARCH_ALIASES
         assert {"colourise", "colorize", "recolor"} <= set(aliases), node_id
+
+
+# -- issue 17: NaN named where it is, notes on the node, text that wraps ----------------------------
+
+def test_nan_is_named_in_the_frames_or_the_exemplar_where_it_is(nodes, errors):
+    checks = submodule("colormnet_core.exemplar_checks")
+    clean = torch.rand(3, 32, 32)
+    broken = clean.clone()
+    broken[0, 4, 4] = float("nan")
+    with pytest.raises(errors.InputError, match=r"NaN or infinite values in frame 5 \(of the frames to colorize\)"):
+        checks.check_pinned(clean, broken, 5)
+    with pytest.raises(errors.InputError, match="NaN or infinite values in the exemplar pinned to frame 5"):
+        checks.check_pinned(broken, clean, 5)
+    frames = torch.rand(4, 32, 32, 3)
+    frames[3, 0, 0, 0] = float("inf")
+    with pytest.raises(errors.InputError, match="NaN or infinite values in frames: frame 3 is the first"):
+        nodes["ColorMNetColorize"]().colorize(None, None, frames, "240", True, 1)
+
+
+def test_precision_note_when_fp16_runs_as_fp32_on_the_cpu():
+    colorize = submodule("nodes.colorize")
+    model = submodule("nodes.model").ColorMNetModel(golden.REPO / "unused.safetensors", "fp16")
+    (note,) = colorize.precision_notes(model, torch.device("cpu"))
+    assert "fp16 runs as fp32 on the CPU" in note
+    assert colorize.precision_notes(model.__class__(model.path, "fp32"), torch.device("cpu")) == []
+
+
+def test_node_text_wraps_every_line_and_labels_warnings_and_notes():
+    host = submodule("nodes.host")
+    text = host.node_text(["the exemplar pinned to frame 0 does not match that frame's brightness pattern "
+                           "(correlation 0.041; the colour version of the frame itself gives about 1.0)"],
+                          ["the video was padded to 208x120"])
+    lines = text.split("\n")
+    assert lines[0].startswith("Warning: ") and "Note: the video was padded to 208x120" in text
+    assert max(len(line) for line in lines) <= host.TEXT_WIDTH and "(correlation 0.041;" in text.replace("\n", " ")

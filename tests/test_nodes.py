@@ -102,6 +102,31 @@ def test_colorize_chain_runs_on_the_fixture_checkpoint(nodes, models_dir):
     assert torch.equal(out, again)
 
 
+def test_colorize_propagation_option(nodes, models_dir, tmp_path, monkeypatch):
+    """bidirectional on the node: one exemplar gives the forward result; a second keyframe changes the
+    frames before it (the backward pass reaches them), and its own frame shows that exemplar."""
+    monkeypatch.setattr(submodule("nodes.host"), "temp_dir", lambda: tmp_path)
+    spec = nodes["ColorMNetColorize"].INPUT_TYPES()["optional"]["propagation"]
+    assert spec[0] == ["forward", "bidirectional"] and spec[1]["default"] == "forward"
+    (model,) = nodes["ColorMNetModelLoader"]().load("fixture.safetensors", "fp32")
+    frames = bhwc(golden.frames()[:5])
+    exemplar = bhwc(golden.load_png(golden.GOLDEN / "inputs" / "exemplar.png")[None])
+
+    def run(pins, propagation):
+        chain = None
+        for frame in pins:
+            (chain,) = nodes["ColorMNetLoadExemplar"]().add(exemplar, frame, exemplars=chain)
+        (encoded,) = nodes["ColorMNetEncode"]().encode(model, chain)
+        (memory,) = nodes["ColorMNetMemory"]().build(encoded, 5, 5, 10, 128, 10000, 30, True, True)
+        return nodes["ColorMNetColorize"]().colorize(model, memory, frames, "112", False, 1,
+                                                     propagation=propagation)[0]
+
+    assert torch.equal(run([0], "forward"), run([0], "bidirectional"))
+    forward, both = run([0, 4], "forward"), run([0, 4], "bidirectional")
+    assert torch.equal(forward[0], both[0]) and torch.equal(forward[4], both[4])
+    assert not torch.equal(forward[1:4], both[1:4])
+
+
 @pytest.mark.slow
 def test_streaming_video_node_writes_a_video(nodes, models_dir, tmp_path, monkeypatch):
     import cv2

@@ -122,10 +122,24 @@ def test_parse_shots_and_text_round_trip():
 def test_needs_exemplar_flags_shots_without_one_and_long_low_stretches():
     shots = [Shot(0, 9), Shot(10, 19), Shot(20, 39)]
     confidence = [1.0] * 40
+    confidence[10] = 0.3                    # shot 1 has no exemplar and its first frame matches badly
     confidence[25:31] = [0.2] * 6           # 6 low frames in shot 2: a stretch at min_run=5
     confidence[33:37] = [0.2] * 4           # too short
     assert needs_exemplar(shots, confidence, [0, 20], low=0.5, min_run=5) == [10, 25]
     assert needs_exemplar(shots, confidence, [0, 10, 20], low=0.5, min_run=7) == []
+    # A shot with no exemplar pinned in it but coloured well (from a reference) needs none: a
+    # reference-only run's frame 0 at 0.98 is not marked.
+    confidence[10] = 0.98
+    assert needs_exemplar(shots, confidence, [], low=0.5, min_run=7) == []
+
+
+def test_needs_exemplar_flags_an_ignored_cut_followed_by_low_confidence_however_short():
+    shots = [Shot(0, 39)]
+    confidence = [1.0] * 40
+    confidence[14:17] = [0.3] * 3           # 3 frames after the scene change at 13: far below min_run
+    assert needs_exemplar(shots, confidence, [0], min_run=10, ignored_cuts=[13]) == [13]
+    assert needs_exemplar(shots, confidence, [0], min_run=10, ignored_cuts=[30]) == []   # well matched
+    assert needs_exemplar(shots, confidence, [0], min_run=10) == []
 
 
 # -- sessions on the fixture network -------------------------------------------------------------

@@ -179,6 +179,18 @@ def test_colorize_with_shots_reports_confidence_and_the_shot_without_exemplar(no
     assert report["shots"] == [[0, 5], [6, 17], [18, 23]] and len(report["confidence"]) == 24
     assert report["reset_at_cuts"] and not {0, 6, 18} & set(report["needs_exemplar"])
     assert [report["confidence"][f] for f in (0, 6, 18)] == [1.0, 1.0, 1.0]
+    # auto with a min_shot_length that drops the cut at 6 (6 frames after frame 0): reported, and shown.
+    shown = []
+    monkeypatch.setattr(submodule("nodes.host"), "show_text",
+                        lambda node_id, lines, notes=(): shown.append((node_id, list(notes))))
+    _, _, dropped = colorize.colorize(model, memory_for(torch.rand(2, 32, 48, 3), "0, 18"), clip,
+                                      "official (no resize)", True, 4, shots="auto", min_shot_length=13,
+                                      unique_id="9")
+    dropped = json.loads(dropped)
+    assert dropped["shots"] == [[0, 17], [18, 23]] and dropped["ignored_cuts"] == [6]
+    assert any("frame(s) 6 ignored" in note for note in shown[-1][1])
+    # The scene from frame 6 is read against frame 0's memory: flagged when its confidence drops.
+    assert (6 in dropped["needs_exemplar"]) == (min(dropped["confidence"][6:18]) < 0.5)
     first_only = memory_for(torch.rand(1, 32, 48, 3), "0")
     for mode, shot_list in (("from input", shots), ("auto", None)):
         with pytest.raises(errors.InputError, match="shot 1"):
@@ -188,3 +200,100 @@ def test_colorize_with_shots_reports_confidence_and_the_shot_without_exemplar(no
     report = json.loads(report)    # official behaviour: one run, colours carried across the cuts
     assert report["shots"] == [[0, 23]] and not report["reset_at_cuts"] and len(report["confidence"]) == 24
     assert plot.shape == (1, *reversed(submodule("nodes.shots").PLOT_SIZE), 3)
+
+
+# -- issue 17: shot lists as text, grey keyframes, ignored cuts, the plot's markers -----------------
+
+def test_shot_list_takes_the_clis_text_and_pairs_and_names_what_does_not_fit(shots_module, errors):
+    session_shots = shots_module.session_shots
+    expected = [(0, 11), (12, 23)]
+    for given in ("0-11,12-23", " 0-11, 12-23 ", [[0, 11], [12, 23]], [(0, 11), (12, 23)]):
+        assert [tuple(s) for s in session_shots("from input", given, 24)] == expected, given
+    assert session_shots("from input", "auto", 24) == "auto"
+    with pytest.raises(errors.InputError, match=r"cannot read shot '12_23'.*0-119,120-300"):
+        session_shots("from input", "0-11,12_23", 24)
+    # Text or pairs that do not fit the video: the same message as Detect Shots' list.
+    for given in ("0-11,12-23", [[0, 11], [12, 23]]):
+        with pytest.raises(errors.InputError, match=r"covers frames 0-23 \(0-11,12-23\) but the video has 16 frames"):
+            session_shots("from input", given, 16)
+    with pytest.raises(errors.InputError, match="shot_list must be"):
+        session_shots("from input", [["a", "b"]], 16)
+    with pytest.raises(errors.InputError, match="no shot list is connected"):
+        session_shots("from input", "none", 16)
+    # The socket takes Detect Shots' list and STRING (a String node) alike.
+    assert shots_module.shot_inputs()["shot_list"][0] == "COLORMNET_SHOTS,STRING"
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_detect_shots_keyframes_are_rgb_whatever_comes_in(nodes, channels):
+    clip = three_shot_clip()
+    frames = clip[..., :1] if channels == 1 else torch.cat([clip, torch.ones_like(clip[..., :1])], -1)[..., :channels]
+    _, keyframes, indices, _, _ = nodes["ColorMNetDetectShots"]().detect(0.2, 5, frames=frames)
+    assert indices == "0, 12, 24" and keyframes.shape == (3, *clip.shape[1:3], 3)
+    assert torch.equal(keyframes[..., 0], frames[[0, *CUTS]][..., 0])
+    _, from_video, *_ = nodes["ColorMNetDetectShots"]().detect(0.2, 5, video=FakeVideo(images=frames))
+    assert from_video.shape == keyframes.shape
+
+
+def test_detect_shots_shows_the_cuts_it_ignored(nodes, monkeypatch):
+    host = submodule("nodes.host")
+    shown = []
+    monkeypatch.setattr(host, "show_text", lambda node_id, lines, notes=(): shown.append((node_id, list(lines))))
+    shots, *_ = nodes["ColorMNetDetectShots"]().detect(0.2, 15, frames=three_shot_clip(), unique_id="4")
+    assert [tuple(s) for s in shots] == [(0, 23), (24, 35)]   # the cut at 12 is 12 frames after frame 0
+    (node_id, (line,)), = shown
+    assert node_id == "4" and "frame(s) 12 ignored" in line and "min_shot_length (15 frames)" in line
+
+
+def test_confidence_plot_numbers_its_markers(shots_module):
+    confidence = [0.9] * 30
+
+    def red_label_pixels(needs):
+        img = (shots_module.confidence_plot(confidence, [(0, 29)], needs)[0] * 255).round().byte()
+        band = img[30:50]   # above the plot area, where the markers and their numbers sit
+        red = (band[..., 0] > 150) & (band[..., 1] < 90) & (band[..., 2] < 90)
+        return red.nonzero()[:, 1]
+
+    assert red_label_pixels([]).numel() == 0
+    xs = red_label_pixels([13])
+    marker_x = 62 + round((640 - 62 - 18) * 13.5 / 30)
+    assert xs.numel() and xs.max() > marker_x + 14   # the number "13" right of the triangle
+
+
+def test_colorize_nodes_expose_the_auto_detector_settings(nodes):
+    for name in ("ColorMNetColorize", "ColorMNetVideo"):
+        optional = nodes[name].INPUT_TYPES()["optional"]
+        assert list(optional)[-2:] == ["shot_threshold", "min_shot_length"]   # appended: old workflows keep order
+        assert optional["shot_threshold"][1]["default"] == 0.2 and optional["min_shot_length"][1]["default"] == 10
+
+
+def test_both_colorize_nodes_hand_text_shot_lists_to_the_session(nodes, monkeypatch, errors, tmp_path):
+    """Valid text reaches the session as shots; bad text is refused before any work."""
+    colorize, video = submodule("nodes.colorize"), submodule("nodes.video")
+    seen = []
+
+    class Done(Exception):
+        pass
+
+    def fake_run(*args, shots=None, detector=None, **kwargs):
+        seen.append(([tuple(s) for s in shots], detector.min_shot_length))
+        raise Done
+
+    monkeypatch.setattr(colorize, "run_session", fake_run)
+    monkeypatch.setattr(video, "run_session", fake_run)
+    monkeypatch.setattr(colorize, "preflight", lambda *a: [])
+    model = submodule("nodes.model").ColorMNetModel(tmp_path / "unused.safetensors", "fp32")
+    frames = torch.rand(24, 16, 16, 3)
+    with pytest.raises(Done):
+        nodes["ColorMNetColorize"]().colorize(model, None, frames, "240", True, 1, shots="from input",
+                                              shot_list="0-11,12-23", min_shot_length=7)
+    memory = type("Memory", (), {"exemplars": type("E", (), {"pinned_frames": (), "exemplars": ()})()})()
+    clip = FakeVideo(images=frames)
+    clip.get_components = lambda: type("C", (), {"images": frames, "frame_rate": 24.0})()
+    with pytest.raises(Done):
+        nodes["ColorMNetVideo"]().colorize(model, memory, clip, "240", True, 1, shots="from input",
+                                           shot_list="0-11,12-23", min_shot_length=7)
+    assert seen == [([(0, 11), (12, 23)], 7)] * 2
+    for node, source in ((nodes["ColorMNetColorize"](), frames), (nodes["ColorMNetVideo"](), clip)):
+        with pytest.raises(errors.InputError, match="cannot read shot '0-11;12-23'"):
+            node.colorize(model, memory, source, "240", True, 1, shots="from input", shot_list="0-11;12-23")

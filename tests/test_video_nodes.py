@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from fractions import Fraction
 
 import cv2
 import numpy as np
@@ -71,11 +72,11 @@ def test_video_node_writes_h264_with_the_source_audio(nodes, folders, monkeypatc
     clip = make_clip(folders / "input" / "film.mp4", frames=5, fps=10, audio_seconds=0.5)
     host, video = submodule("nodes.host"), submodule("nodes.video")
     shown = []
-    monkeypatch.setattr(host, "show_text", lambda node_id, lines: shown.append((node_id, lines)))
+    monkeypatch.setattr(host, "show_text", lambda node_id, lines, notes=(): shown.append((node_id, lines)))
     model, memory = memory_for(nodes)      # its exemplar (noise) is pinned to frame 0 (a gradient)
     out = nodes["ColorMNetVideo"]().colorize(model, memory, video.VideoFile(clip), "custom", True, 2, 18,
                                              custom_size=64, unique_id="7")
-    (lines,) = [lines for node_id, lines in shown if node_id == "7"]
+    lines = [lines for node_id, lines in shown if node_id == "7"][-1]   # the text after the run
     assert any("pinned to frame 0 does not match that frame's brightness" in line for line in lines), shown
     result = out["result"][0]   # then confidence_plot, report
     assert isinstance(result, video.VideoFile) and result.path.parent == folders / "temp"
@@ -90,6 +91,13 @@ def test_video_node_writes_h264_with_the_source_audio(nodes, folders, monkeypatc
     result.save_to(folders / "output" / "saved.mp4")
     frame = next(iter(video.open_video(video.VideoFile(folders / "output" / "saved.mp4"))))
     assert frame.shape == (3, 48, 64) and (frame[0].float() - frame[2].float()).abs().mean() > 1
+    # A re-run of the same node replaces its temp file (a film would otherwise cost its size per run);
+    # another node's file stays.
+    (folders / "temp" / "colormnet_n8_0123456789ab.mp4").write_bytes(b"other node")
+    again = nodes["ColorMNetVideo"]().colorize(model, memory, video.VideoFile(clip), "custom", True, 2, 18,
+                                               custom_size=64, unique_id="7")["result"][0]
+    assert sorted(p.name for p in (folders / "temp").iterdir()) == sorted(
+        [again.path.name, "colormnet_n8_0123456789ab.mp4"]) and again.path.name.startswith("colormnet_n7_")
 
 
 @pytest.mark.slow
@@ -174,3 +182,53 @@ def test_video_node_finds_the_shots_itself_and_reports_confidence(nodes, folders
     assert report["shots"] == [[0, 9], [10, 11]] and len(report["confidence"]) == 12
     assert plot.ndim == 4 and plot.shape[0] == 1 and plot.shape[-1] == 3 and plot.shape[1] > 100
     assert probe(video.path)["frames"] == 12
+
+
+# -- issue 17: frame rate, NaN, notes on the node ---------------------------------------------------
+
+@pytest.mark.parametrize("rate", [0, Fraction(-5), float("nan"), float("inf"), None])
+def test_a_video_built_with_no_usable_frame_rate_is_refused_before_any_work(nodes, folders, rate):
+    from types import SimpleNamespace
+
+    errors = submodule("colormnet_core.errors")
+
+    class FramesVideo:   # Create Video's VIDEO, with the rate it was given (0: Get Video Components had none)
+        def get_components(self):
+            return SimpleNamespace(images=torch.rand(2, 16, 16, 3), frame_rate=rate, audio=None)
+
+    with pytest.raises(errors.InputError, match=r"frame rate is (0|-5|nan|inf|None): .*set fps on Create Video") as e:
+        nodes["ColorMNetVideo"]().colorize(None, None, FramesVideo(), "240", True, 1)   # no model needed: before work
+    assert "Get Video Components" in str(e.value)
+    assert list((folders / "temp").iterdir()) == []
+
+
+def test_nan_in_a_videos_frames_names_the_frame(nodes, folders):
+    from types import SimpleNamespace
+
+    errors = submodule("colormnet_core.errors")
+    images = torch.rand(4, 16, 16, 3)
+    images[2, 3, 3, 1] = float("nan")
+    video = SimpleNamespace(get_components=lambda: SimpleNamespace(images=images, frame_rate=24, audio=None))
+    with pytest.raises(errors.InputError, match=r"NaN or infinite values in the VIDEO's frames: frame 2 is the first"):
+        nodes["ColorMNetVideo"]().colorize(None, None, video, "240", True, 1)
+
+
+@pytest.mark.slow
+def test_odd_sized_frames_get_a_padding_note_on_the_node(nodes, folders, monkeypatch):
+    from fractions import Fraction
+    from types import SimpleNamespace
+
+    host = submodule("nodes.host")
+    shown = []
+    monkeypatch.setattr(host, "show_text", lambda node_id, lines, notes=(): shown.append(list(notes)))
+    images = torch.rand(2, 47, 63, 3)
+
+    class FramesVideo:
+        def get_components(self):
+            return SimpleNamespace(images=images, frame_rate=Fraction(8), audio=None)
+
+    model, memory = memory_for(nodes, size=(63, 47))
+    out = nodes["ColorMNetVideo"]().colorize(model, memory, FramesVideo(), "official (no resize)", True, 1,
+                                             unique_id="3")
+    assert probe(out["result"][0].path)["frames"] == 2
+    assert any("63x47" in n and "padded to 64x48" in n for n in shown[-1]), shown
