@@ -263,7 +263,8 @@ def test_confidence_plot_numbers_its_markers(shots_module):
 def test_colorize_nodes_expose_the_auto_detector_settings(nodes):
     for name in ("ColorMNetColorize", "ColorMNetVideo"):
         optional = nodes[name].INPUT_TYPES()["optional"]
-        assert list(optional)[-2:] == ["shot_threshold", "min_shot_length"]   # appended: old workflows keep order
+        assert list(optional)[-3:] == ["shot_threshold", "min_shot_length", "propagation"]   # appended: old
+        # workflows keep their widget order
         assert optional["shot_threshold"][1]["default"] == 0.2 and optional["min_shot_length"][1]["default"] == 10
 
 
