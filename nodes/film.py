@@ -29,7 +29,7 @@ from . import host
 from .colorize import _size_inputs, custom_size_input, propagation_input, size_choice
 from .search import SEARCH_ALIASES
 from .shots import confidence_plot
-from .video import CRF_INPUT, InMemoryVideo, VideoFile, video_source
+from .video import CRF_INPUT, InMemoryVideo, VideoFile, input_videos, video_source
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +116,7 @@ class ColorMNetFilmProject:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..colormnet_core.video_io import VIDEO_SUFFIXES
-
-        folder = host.input_dir()
-        videos = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES) \
-            if folder.is_dir() else []
+        videos = input_videos()
         from .shots import _DEFAULTS as detector
 
         return {"required": {

@@ -180,6 +180,14 @@ def colorize_video(model, memory, reader, target: Path, size_options: tuple, crf
     return session
 
 
+def input_videos() -> list[str]:
+    """Names of the video files in ComfyUI's input folder (for a file combo)."""
+    from ..colormnet_core.video_io import VIDEO_SUFFIXES
+
+    folder = host.input_dir()
+    return sorted(p.name for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES) if folder.is_dir() else []
+
+
 class ColorMNetVideo:
     CATEGORY = "ColorMNet"
     DESCRIPTION = ("Colorizes a VIDEO (from Load Video) from the exemplars in memory and returns a VIDEO for Save "
@@ -241,11 +249,7 @@ class ColorMNetColorizeVideo:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..colormnet_core.video_io import VIDEO_SUFFIXES
-
-        folder = host.input_dir()
-        videos = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES) \
-            if folder.is_dir() else []
+        videos = input_videos()
         return {"required": {
             "model": ("COLORMNET_MODEL",),
             "memory": ("COLORMNET_MEMORY",),

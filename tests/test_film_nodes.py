@@ -29,22 +29,6 @@ def errors():
 
 
 @pytest.fixture()
-def folders(tmp_path, monkeypatch, golden_checkpoint):
-    host = submodule("nodes.host")
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / "fixture.safetensors").symlink_to(golden_checkpoint)
-    monkeypatch.setenv("COLORMNET_MODELS_DIR", str(models))
-    for name in ("input", "output", "temp"):
-        (tmp_path / name).mkdir()
-    monkeypatch.setattr(host, "temp_dir", lambda: tmp_path / "temp")
-    monkeypatch.setattr(host, "output_dir", lambda: tmp_path / "output")
-    monkeypatch.setattr(host, "input_dir", lambda: tmp_path / "input")
-    monkeypatch.setattr(host, "annotated_input_path", lambda name: tmp_path / "input" / name)
-    return tmp_path
-
-
-@pytest.fixture()
 def shown(monkeypatch):
     """What the nodes show on themselves: [(node id, lines), ...]."""
     host = submodule("nodes.host")

@@ -21,22 +21,6 @@ def nodes():
     return load_plugin().NODE_CLASS_MAPPINGS
 
 
-@pytest.fixture()
-def folders(tmp_path, monkeypatch, golden_checkpoint):
-    host = submodule("nodes.host")
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / "fixture.safetensors").symlink_to(golden_checkpoint)
-    monkeypatch.setenv("COLORMNET_MODELS_DIR", str(models))
-    for name in ("input", "output", "temp"):
-        (tmp_path / name).mkdir()
-    monkeypatch.setattr(host, "temp_dir", lambda: tmp_path / "temp")
-    monkeypatch.setattr(host, "output_dir", lambda: tmp_path / "output")
-    monkeypatch.setattr(host, "input_dir", lambda: tmp_path / "input")
-    monkeypatch.setattr(host, "annotated_input_path", lambda name: tmp_path / "input" / name)
-    return tmp_path
-
-
 def memory_for(nodes, size=(64, 48)):
     (model,) = nodes["ColorMNetModelLoader"]().load("fixture.safetensors", "fp32")
     exemplar = torch.rand(1, size[1], size[0], 3)
