@@ -4,14 +4,18 @@ Layout (all names by a shot's first frame, its absolute 0-based index, six digit
 
     film.json          format version, source path and fingerprint, shots, last render's settings
     source_index.json  every frame's timestamp and the keyframes (to read one shot alone)
+    source_check.json  the source's size and times when its packets were last checked (a cache)
     keyframes/         000120.png: the first frame of every shot (what an image model colours)
     exemplars/         000120.png pins a colour picture to frame 120; reference*.png apply to every shot
+      history/         000120-<sha256 prefix>.png: every exemplar a render used or that was replaced
     segments/          000120.mp4: one H.264 segment per shot
-    records/           000120.json: the job fingerprint, sha256, size and frame count of the segment
+      history/         the previous segment and record of a shot rendered again (history.py)
+    records/           000120.json: the job fingerprint, sha256, size and frame count of the segment;
+                       000120.journal.json while a commit of that shot is under way (commit.py)
     locks/             advisory locks (see records.py)
 
-`film.json` and the index are written once, by `init`; each shot's record by whoever rendered
-that shot; so processes rendering different shots never write the same file.
+`film.json` and the index are written by `init`; the settings in film.json when a shot commits with
+other settings; each shot's record by whoever rendered that shot.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import hashlib
 import json
 import logging
 import re
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,7 +38,7 @@ from ..errors import InputError
 from ..shots import Shot, ShotDetector, ShotDetectorConfig, validate_shots
 from ..video_io import read_image
 from .jobs import ExemplarFile, FilmSettings
-from .records import commit_bytes, commit_segment, file_lock, read_json, remove_partials, write_atomic, write_json
+from .records import file_lock, read_json, remove_partials, write_atomic, write_json
 from .source import FilmError, SourceIndex, fingerprint_source, index_source, read_frames
 
 log = logging.getLogger(__name__)
@@ -41,7 +46,42 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 _PINNED = re.compile(r"^(\d+)$")
-_FINGERPRINTS_SEEN: dict[tuple, dict] = {}     # (path, size, mtime_ns) -> fingerprint, per process
+_FINGERPRINTS_SEEN: dict[tuple, dict] = {}     # source_stat(...) -> fingerprint, per process
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in "123456789¹²³"),
+                     *(f"LPT{i}" for i in "123456789¹²³")}
+
+
+def check_project_name(name: str) -> str:
+    """`name` stripped, if it is one plain folder name that works on every OS: letters of any script,
+    digits, spaces, '.', '_', '-', up to 100, starting with a letter or digit, not ending in '.' or a
+    space, not a name Windows reserves (con, nul, com1...). InputError saying what to change."""
+    stripped = name.strip()
+    example = "e.g. my_film or Le Mépris 1963"
+    if not stripped or len(stripped) > 100 or not (stripped[0].isalnum()) or any(
+            not (c.isalnum() or c in " ._-") for c in stripped) or ".." in stripped:
+        raise InputError(f"project name {name!r} is not a plain folder name: use letters (any language), digits, "
+                         f"spaces, '.', '_' or '-', up to 100, starting with a letter or digit; {example}.")
+    check_windows_name(stripped)
+    return stripped
+
+
+def check_windows_name(name: str) -> None:
+    """InputError for a folder name Windows cannot hold: ending in '.' or a space, or a device name
+    (con, prn, aux, nul, com1-9, lpt1-9, also with an extension such as nul.txt)."""
+    if name.endswith((".", " ")):
+        raise InputError(f"project name {name!r} ends with {name[-1]!r}, which Windows drops from folder names; "
+                         f"remove it.")
+    base = unicodedata.normalize("NFKC", name.split(".")[0]).strip().upper()
+    if base in _WINDOWS_RESERVED:
+        raise InputError(f"project name {name!r} is a device name on Windows ({base}), which cannot be a folder "
+                         f"there; choose another name, e.g. {name.split('.')[0]}_film.")
+
+
+def source_stat(path: Path) -> list:
+    """What changes whenever a file is written or replaced: size, mtime, ctime, inode (ctime cannot be
+    set back by tools that restore mtime)."""
+    stat = path.stat()
+    return [str(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
 
 
 class FilmProject:
@@ -63,6 +103,7 @@ class FilmProject:
         """Make a project in `folder` (new or empty) for the video `source`. shots: "auto" (detect cuts
         and cross-fades, decoding the film once), a list of `Shot`s, or None (one shot)."""
         source, folder = Path(source).resolve(), Path(folder)
+        check_windows_name(folder.resolve().name)
         if (folder / "film.json").exists():
             raise FilmError(f"{folder} is already a film project; use `film status` / `film render`, or give a "
                             f"new folder to start over.")
@@ -77,17 +118,23 @@ class FilmProject:
         else:
             found = validate_shots(shots, count)
         for sub in ("keyframes", "exemplars", "segments", "records", "locks"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
+            try:
+                (folder / sub).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                from .records import disk_error
+
+                raise disk_error(e, folder / sub, "the project folder") from e
         data = {"format": FORMAT_VERSION, "source": str(source), "source_fingerprint":
-                fingerprint_source(source, index), "shots": [[s.first, s.last] for s in found], "settings": None,
-                "checkpoint_sha256": None}
+                fingerprint_source(source, index, packets=False), "shots": [[s.first, s.last] for s in found],
+                "settings": None, "checkpoint_sha256": None}
         project = cls(folder, data, index)
         for i, shot in enumerate(found):
             if not project.keyframe_path(i).exists():
                 project._write_png(project.keyframe_path(i), next(iter(read_frames(source, index, shot.first,
                                                                                    shot.first))))
-        write_json(folder / "source_index.json", index.to_json())
-        write_json(folder / "film.json", data)      # last: a folder without it is no project yet
+        write_json(folder / "source_index.json", index.to_json(), "the source's index")
+        project._remember_source_check(data["source_fingerprint"])
+        write_json(folder / "film.json", data, "the project file")      # last: a folder without it is no project yet
         log.info("film project %s: %d frames, %d shots", folder, count, len(found))
         return project
 
@@ -102,30 +149,55 @@ class FilmProject:
         if data.get("format") != FORMAT_VERSION:
             raise FilmError(f"{folder / 'film.json'} is format version {data.get('format')!r}, this version of "
                             f"ColorMNet reads version {FORMAT_VERSION}; use the ColorMNet version that made it, "
-                            f"or run `film init` in a new folder.")
+                            f"or make the project again in a new folder.")
+        _check_shape(data, folder / "film.json")
         project = cls(folder, data, SourceIndex.from_json(read_json(folder / "source_index.json", "the index")))
+        if project.shots[-1].last != project.frame_count - 1:
+            raise FilmError(f"{folder / 'film.json'} lists shots up to frame {project.shots[-1].last} but the "
+                            f"source's index has {project.frame_count} frames; restore film.json from a backup or "
+                            f"make the project again in a new folder.")
         if check_source:
             project.check_source()
         return project
 
     def check_source(self) -> None:
-        """FilmError naming what differs when the source is gone or not the file `init` saw."""
+        """FilmError naming what differs when the source is gone or not the file the project was made
+        from. Reads the whole file (no decoding) when its size or times differ from the last check."""
         if not self.source.is_file():
             raise FilmError(f"the film's source {self.source} is gone; put it back at that path (the project "
                             f"{self.dir} refers to it).")
-        stat = self.source.stat()
+        key = tuple(source_stat(self.source))
         recorded = self.data["source_fingerprint"]
-        key = (str(self.source), stat.st_size, stat.st_mtime_ns)
-        if stat.st_size != recorded["bytes"]:
-            now = {"bytes": stat.st_size}
+        if key in _FINGERPRINTS_SEEN or self._source_check() == list(key):
+            return
+        if key[1] != recorded["bytes"]:
+            now = {"bytes": key[1]}
         else:
-            now = _FINGERPRINTS_SEEN.get(key) or fingerprint_source(self.source, self.index)
-        differs = [f"{name} was {recorded[name]}, now {now[name]}" for name in recorded
+            now = fingerprint_source(self.source, self.index)
+        differs = [_difference(name, recorded[name], now[name]) for name in recorded
                    if name in now and now[name] != recorded[name]]
         if differs:
-            raise FilmError(f"the source {self.source} changed since `film init`: {'; '.join(differs)}. Nothing "
-                            f"was overwritten. Restore the original file, or make a new project for the new one.")
+            raise FilmError(f"the source {self.source} changed since the project was made: {'; '.join(differs)}. "
+                            f"Nothing was overwritten. Restore the original file, or make a new project for the "
+                            f"new one.")
         _FINGERPRINTS_SEEN[key] = now
+        self._remember_source_check(recorded)
+
+    def _source_check(self) -> list | None:
+        try:
+            data = json.loads((self.dir / "source_check.json").read_text())
+        except (OSError, ValueError):
+            return None
+        fingerprint = hashlib.sha256(json.dumps(self.data["source_fingerprint"], sort_keys=True).encode()).hexdigest()
+        return data.get("stat") if isinstance(data, dict) and data.get("fingerprint") == fingerprint else None
+
+    def _remember_source_check(self, fingerprint: dict) -> None:
+        """Note the source's stat after a passing check (best effort: a read-only project checks every time)."""
+        digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+        try:
+            write_json(self.dir / "source_check.json", {"stat": source_stat(self.source), "fingerprint": digest})
+        except (FilmError, OSError):
+            log.debug("could not write %s", self.dir / "source_check.json", exc_info=True)
 
     # -- paths ----------------------------------------------------------------------------------
 
@@ -171,13 +243,6 @@ class FilmProject:
 
         return shot_states(self, settings, checkpoint_sha256)
 
-    def commit(self, job, result) -> dict:
-        """Make a rendered `SegmentResult` (at a partial name) shot `job.index`'s segment and record it."""
-        return commit_segment(self, job, Path(result.path), sha256=result.sha256, frames=result.frames)
-
-    def commit_bytes(self, job, data: bytes, sha256: str, frames: int) -> dict:
-        return commit_bytes(self, job, data, sha256=sha256, frames=frames)
-
     @contextlib.contextmanager
     def shot_lock(self, i: int) -> Iterator[None]:
         """Exclusive right to render shot i (ProjectLocked at once if another process has it); clears
@@ -197,13 +262,20 @@ class FilmProject:
 
     def save_exemplar(self, frame: int, rgb: Tensor) -> Path:
         """Store a colour picture (uint8 or float RGB `3 x H x W`) pinned to `frame`, replacing any
-        other picture pinned there; the render that follows sees it as the shot's exemplar."""
+        other picture pinned there (which is kept in exemplars/history/); the render that follows
+        sees it as the shot's exemplar. (Render Shot does not use this: its exemplar counts only
+        once the shot commits, see commit.py.)"""
+        from .commit import archive, working_exemplars
+
         if not 0 <= frame < self.frame_count:
             raise FilmError(f"cannot pin an exemplar to frame {frame}: the film has frames 0-{self.frame_count - 1}.")
         path = self.exemplar_path(frame)
-        self._write_png(path, rgb)
-        for other in self.dir.joinpath("exemplars").iterdir():
-            if other != path and _PINNED.match(other.stem) and int(other.stem) == frame:
+        old = working_exemplars(self, frame)
+        for other in old:
+            archive(self, other, frame)
+        write_atomic(path, png_bytes(rgb, path.name), f"the exemplar of frame {frame}")
+        for other in old:
+            if other != path:
                 other.unlink()
         return path
 
@@ -225,20 +297,73 @@ class FilmProject:
         return None if saved is None else FilmSettings.from_json(saved)
 
     def remember_settings(self, settings: FilmSettings, checkpoint_sha256: str) -> None:
-        """Record the settings a render uses, so `status` and `assemble` judge against them."""
+        """Record the settings a shot was committed with (commit.py calls this after the record), so
+        `status` and `assemble` judge against them; a render that commits nothing changes nothing."""
         if self.data.get("settings") == settings.to_json() and self.data.get("checkpoint_sha256") == checkpoint_sha256:
             return
-        self.data = {**self.data, "settings": settings.to_json(), "checkpoint_sha256": checkpoint_sha256}
-        write_json(self.dir / "film.json", self.data)
+        current = read_json(self.dir / "film.json", "the project file")   # another process may have written it
+        self.data = {**current, "settings": settings.to_json(), "checkpoint_sha256": checkpoint_sha256}
+        write_json(self.dir / "film.json", self.data, "the project file")
+
+    def keyframe(self, i: int) -> Path:
+        """Shot i's keyframe file, extracted again from the source when it is missing or unreadable."""
+        path = self.keyframe_path(self.shot_index(i))
+        if cv2.imread(str(path), cv2.IMREAD_COLOR) is None:
+            log.warning("keyframe %s missing or unreadable: extracting it again from the source", path)
+            first = self.shots[i].first
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._write_png(path, next(iter(read_frames(self.source, self.index, first, first))))
+        return path
 
     def _write_png(self, path: Path, rgb: Tensor) -> None:
-        if rgb.dtype.is_floating_point:
-            rgb = (rgb.clamp(0, 1) * 255).round().byte()
-        array = np.ascontiguousarray(rgb.permute(1, 2, 0).cpu().numpy()[:, :, ::-1])
-        ok, encoded = cv2.imencode(".png", array)
-        if not ok:
-            raise FilmError(f"could not encode {path.name} as PNG.")
-        write_atomic(path, encoded.tobytes())
+        write_atomic(path, png_bytes(rgb, path.name))
+
+
+def png_bytes(rgb: Tensor, name: str = "the picture") -> bytes:
+    """A uint8 or float [0, 1] RGB `3 x H x W` tensor as PNG file bytes."""
+    if rgb.dtype.is_floating_point:
+        rgb = (rgb.clamp(0, 1) * 255).round().byte()
+    array = np.ascontiguousarray(rgb.permute(1, 2, 0).cpu().numpy()[:, :, ::-1])
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise FilmError(f"could not encode {name} as PNG.")
+    return encoded.tobytes()
+
+
+def _difference(name: str, was, now) -> str:
+    if name == "packets_sha256":
+        return "its video packets differ (an edit or a re-encode, even of the same size)"
+    return f"{name} was {was}, now {now}"
+
+
+def _check_shape(data: dict, path: Path) -> None:
+    """FilmError unless film.json has the fields and types this version writes."""
+    problems = []
+    if not isinstance(data.get("source"), str):
+        problems.append("'source' is not a file path")
+    fingerprint = data.get("source_fingerprint")
+    if not isinstance(fingerprint, dict) or not isinstance(fingerprint.get("bytes"), int):
+        problems.append("'source_fingerprint' is not an object with 'bytes'")
+    shots = data.get("shots")
+    if not isinstance(shots, list) or not shots or not all(
+            isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) for v in s) for s in shots):
+        problems.append("'shots' is not a list of [first, last] frame pairs")
+    else:
+        try:
+            validate_shots(shots)
+        except InputError as e:
+            problems.append(f"'shots' {e}")
+    settings = data.get("settings")
+    if settings is not None:
+        try:
+            FilmSettings.from_json(settings)
+        except (KeyError, TypeError, ValueError, AttributeError, InputError) as e:
+            problems.append(f"'settings' cannot be read ({type(e).__name__}: {e})")
+    if settings is not None and not isinstance(data.get("checkpoint_sha256"), str):
+        problems.append("'checkpoint_sha256' is not a sha256")
+    if problems:
+        raise FilmError(f"{path} is damaged: {'; '.join(problems)}. Restore it from a backup, or make the project "
+                        f"again in a new folder (copy your exemplars over).")
 
 
 def scan_exemplars(folder: Path, frame_count: int) -> list[ExemplarFile]:
