@@ -463,9 +463,9 @@ class ColorMNetRenderShot:
                           "segment when it was kept (nothing is rendered then)."}),
         }, "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"}}
 
-    def check_lazy_status(self, film, model, shot, processing_size="480", keep_luminance=True, key_batch=1, crf=18,
-                          memory=None, custom_size=None, propagation="forward", done_shot=DONE_SHOT[0], prompt=None,
-                          unique_id=None):
+    def check_lazy_status(self, film, model, memory=None, shot=0, processing_size="480", keep_luminance=True,
+                          key_batch=1, crf=18, custom_size=None, propagation="forward", done_shot=DONE_SHOT[0],
+                          prompt=None, unique_id=None):
         """['memory'] when the image model's exemplar is needed (see the class description), else []."""
         if memory is not None or done_shot == DONE_SHOT[2]:
             return []
@@ -483,8 +483,8 @@ class ColorMNetRenderShot:
             log.debug("ColorMNet: Render Shot evaluates its memory input", exc_info=True)
             return ["memory"]
 
-    def render(self, film, model, shot, processing_size, keep_luminance, key_batch, crf=18, memory=None,
-               custom_size=None, propagation="forward", done_shot=DONE_SHOT[0], prompt=None, unique_id=None):
+    def render(self, film, model, memory, shot, processing_size, keep_luminance, key_batch, crf=18, custom_size=None,
+               propagation="forward", done_shot=DONE_SHOT[0], prompt=None, unique_id=None):
         core = _core()
         size = size_choice(processing_size, custom_size)
         project = open_project(film)

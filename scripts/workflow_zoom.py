@@ -36,7 +36,7 @@ def main() -> int:
     parser.add_argument("--workflows", nargs="*", default=None, help="UI workflow files (default: all shipped)")
     args = parser.parse_args()
     sys.path.insert(0, args.harness)
-    import comfy_host   # noqa: E402 - the harness, found at run time
+    import comfy_host  # noqa: E402 - the harness, found at run time
     from browser import FrontendSession
 
     comfy_host.ensure_harness_python(need=("websocket", "playwright"))
