@@ -117,7 +117,10 @@ def main() -> int:
 
         def queue(prompt: dict, on_event=None) -> dict:
             started = time.monotonic()
-            reply = host.post_json("/prompt", {"prompt": prompt, "client_id": client})
+            status, reply = host.post_json("/prompt", {"prompt": prompt, "client_id": client})
+            if status != 200:
+                return {"id": None, "status": f"rejected (HTTP {status})", "executed": [],
+                        "errors": [json.dumps(reply)[:600]], "seconds": 0}
             prompt_id = reply["prompt_id"]
             events, finished = comfy_host.wait_ws_events(ws, prompt_id, args.timeout, on_event=on_event)
             mine["texts"] += sum(1 for e in events if e["type"] == "<binary>")

@@ -260,8 +260,8 @@ def test_ui_workflows_are_titled_stage_groups_with_no_wire_behind_a_node(path, g
     assert graph["extra"]["ds"]["scale"] >= generator.MIN_ZOOM == 0.6
     left, top, right, bottom = generator.graph_bounds(graph)
     scale, (dx, dy) = graph["extra"]["ds"]["scale"], graph["extra"]["ds"]["offset"]
-    assert 0 <= (left + dx) * scale and (right + dx) * scale <= generator.VIEW[0]
-    assert 0 <= (top + dy) * scale and (bottom + dy) * scale <= generator.VIEW[1]
+    assert (left + dx) * scale >= 0 and (right + dx) * scale <= generator.VIEW[0]
+    assert (top + dy) * scale >= 0 and (bottom + dy) * scale <= generator.VIEW[1]
     for node in graph["nodes"]:
         title = node.get("title", node["type"])
         assert node["size"][0] >= generator.TITLE_MARGIN + generator.TITLE_CHAR_W * len(title), node["type"]
