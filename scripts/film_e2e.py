@@ -3,8 +3,9 @@ runs no image-model node, Cancel during a redo keeps the shot's previous exempla
 renders nothing, and status text reaches only the prompt's own client. Not a CI test: it needs the
 comfy-e2e harness (a real ComfyUI, outside the repo), imported at run time from --harness.
 
+    python scripts/make_film_clip.py film3.mp4          # three shots of 8 frames, with sound
     python scripts/film_e2e.py --harness /path/to/comfy-e2e --checkpoint golden_weights.safetensors \\
-        --sd15 sd15_random.safetensors [--plugin DIR] [--keep] [--report out.json]
+        --sd15 sd15_random.safetensors --film film3.mp4 [--plugin DIR] [--keep] [--report out.json]
 
 --plugin: the plugin folder to run (default: this repository; give the unpacked `comfy node pack`
 archive to check that the shipped workflows run from it). Steps, on workflows/api/colormnet_film_sd15.json
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import signal
 import sys
 import tempfile
 import threading
@@ -70,11 +72,13 @@ def main() -> int:
     parser.add_argument("--harness", required=True)
     parser.add_argument("--checkpoint", required=True, help="ColorMNet weights (the fixture's will do)")
     parser.add_argument("--sd15", required=True, help="an SD 1.5 checkpoint (scripts/make_sd15_checkpoint.py)")
+    parser.add_argument("--film", required=True, help="a three-shot film (scripts/make_film_clip.py)")
     parser.add_argument("--plugin", default=str(REPO))
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--report", default=None)
     parser.add_argument("--timeout", type=float, default=1500)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))    # so the server is stopped on the way out
     sys.path.insert(0, args.harness)
     import comfy_host  # noqa: E402 - the harness, found at run time
 
@@ -92,6 +96,7 @@ def main() -> int:
     (links / by_type_input(workflow, "ColorMNetModelLoader", "checkpoint")).symlink_to(Path(args.checkpoint).resolve())
     (links / by_type_input(workflow, "CheckpointLoaderSimple", "ckpt_name")).symlink_to(Path(args.sd15).resolve())
     workflow[by_type["KSampler"]]["inputs"]["steps"] = 1
+    workflow[by_type["LoadVideo"]]["inputs"]["file"] = Path(args.film).name
     render_inputs = workflow[by_type["ColorMNetRenderShot"]]["inputs"]
     render_inputs.update(processing_size="custom", custom_size=112)
     image_model_ids = {i for i, node in workflow.items() if node["class_type"] in IMAGE_MODEL}
@@ -106,7 +111,7 @@ def main() -> int:
     host = comfy_host.ComfyHost(plugins=[f"{plugin}:comfyui-colormnet"], inputs_dir=str(plugin / "workflows" / "media"),
                                 models=[("colormnet", str(links / p.name)) if "DINO" in p.name else
                                         ("checkpoints", str(links / p.name)) for p in links.iterdir()],
-                                keep=args.keep)
+                                input_files=[str(Path(args.film).resolve())], keep=args.keep)
     with host:
         client = f"film-e2e-{uuid.uuid4().hex[:8]}"
         ws = host.ws_connect(client)
