@@ -14,13 +14,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MIN_ZOOM = 0.6     # litegraph's low_quality threshold in frontend 1.27: below it no text is drawn
+CANVAS = (65, 78, 1920, 1080)    # the graph canvas in a 1920x1080 window (right of the side bar, below the menus)
+THUMBNAIL = (640, 416)           # the template browser's thumbnail size the shipped .jpg files have
+
+
+def thumbnail(screenshot: Path, target: Path) -> None:
+    """The canvas part of a screenshot, letterboxed into THUMBNAIL, as JPEG."""
+    from PIL import Image
+
+    with Image.open(screenshot) as shot:
+        canvas = shot.convert("RGB").crop(CANVAS)
+    canvas.thumbnail(THUMBNAIL, Image.LANCZOS)
+    out = Image.new("RGB", THUMBNAIL, canvas.getpixel((2, canvas.height - 3)))
+    out.paste(canvas, ((THUMBNAIL[0] - canvas.width) // 2, (THUMBNAIL[1] - canvas.height) // 2))
+    out.save(target, quality=85)
 
 PROBE = """() => { const c = window.app.canvas;
   return {scale: c.ds.scale, offset: [c.ds.offset[0], c.ds.offset[1]],
@@ -57,8 +70,7 @@ def main() -> int:
             if not ok:
                 failed.append(path.name)
             if args.thumbnails:
-                thumb = path.with_suffix(".jpg")
-                subprocess.run(["convert", str(shot), "-resize", "512x", "-quality", "82", str(thumb)], check=True)
+                thumbnail(shot, path.with_suffix(".jpg"))
     print(f"{'workflow':44s} {'opens at':>8s}  low-quality  result")
     for name, scale, low, ok, shot in rows:
         print(f"{name:44s} {scale * 100:7.1f}%  {str(low):11s}  {'PASS' if ok else 'FAIL'}  {shot}")

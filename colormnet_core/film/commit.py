@@ -109,6 +109,9 @@ def commit_shot(project, job: ShotJob, render: Render, *, new_exemplars: dict[in
         staged, writes = _staged_job(project, job, new_exemplars or {})
         done = segment_is_done(project, i, staged.fingerprint)
         previous = record_of(project, i)
+        if done and not writes and _current(project, _pinned(staged)):
+            _step("released", i)     # nothing to change: not even a journal is written
+            return Committed(previous, False, staged)
         journal = {"fingerprint": staged.fingerprint, "pinned": _pinned(staged), "created": sorted(writes),
                    "settings": staged.settings.to_json() if remember_settings and not done else None,
                    "checkpoint_sha256": staged.checkpoint_sha256, "rendered": not done,
@@ -148,6 +151,15 @@ def commit_shot(project, job: ShotJob, render: Render, *, new_exemplars: dict[in
             remove_partials(project, i)
     _step("released", i)
     return Committed(record, not done, staged, result)
+
+
+def _current(project, pinned: list[list]) -> bool:
+    """Whether exemplars/ already shows exactly these pinned exemplars."""
+    for frame, sha, _ in pinned:
+        files = working_exemplars(project, frame)
+        if len(files) != 1 or verified_sha256(files[0]) != sha:
+            return False
+    return True
 
 
 def _pinned(job: ShotJob) -> list[list]:
