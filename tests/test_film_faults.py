@@ -211,7 +211,7 @@ def test_film_jobs_warn_about_another_aspect_ratio_and_a_grey_exemplar(fresh, ca
 def test_status_counts_in_words_that_fit(committed, capsys):
     assert film("status", "--project", str(committed.dir)) == 0
     out = capsys.readouterr().out
-    assert "shot    1  frames 12-21  done" in out and "1 done, 2 needs an exemplar of 3 shots" in out
+    assert "shot    1  frames 12-21  done" in out and "1 done, 2 needing an exemplar (of 3 shots)" in out
     assert "[history:" not in out.splitlines()[1]
 
 
@@ -244,3 +244,21 @@ def test_a_png_renamed_mp4_is_refused_and_windows_names_too(tmp_path, fresh, cap
         with pytest.raises(Exception, match="Windows"):
             FilmProject.init(fresh.source, tmp_path / name, shots=SHOTS)
     assert FilmProject.init(fresh.source, tmp_path / "映画 é", shots=SHOTS).frame_count == 33
+
+
+# -- item 2 on the command line: status shows history, revert brings the previous exemplar back -----------
+
+def test_film_revert_and_status_history_on_the_command_line(committed, capsys):
+    assert film("revert", "--project", str(committed.dir), "--shot", "1") == 1
+    assert "shot 1 has no earlier exemplar to go back to" in capsys.readouterr().err
+    exemplar = committed.dir / "exemplars" / "000012.png"
+    rendered_from = exemplar.read_bytes()
+    exemplar.write_bytes(png_bytes(torch.full((3, 64, 96), 10, dtype=torch.uint8)))     # replaced by hand
+    assert film("status", "--project", str(committed.dir), "--json") == 0
+    shot = json.loads(capsys.readouterr().out)["shots"][1]
+    assert shot["state"] == "stale" and shot["history"]["can_revert"]
+    assert film("status", "--project", str(committed.dir)) == 0
+    assert "[history: new exemplar not rendered yet; 1 earlier exemplar; `film revert`" in capsys.readouterr().out
+    assert film("revert", "--project", str(committed.dir), "--shot", "1") == 0
+    assert "restored with their segment; nothing was rendered" in capsys.readouterr().err
+    assert exemplar.read_bytes() == rendered_from and FilmProject.open(committed.dir).status()[1].state == "done"

@@ -29,6 +29,8 @@ from .render import job_warnings, render_job
 from .source import FilmError
 
 INCOMPLETE = 3
+COUNT_WORDS = {"done": "done", "stale": "stale", "damaged": "damaged", "pending": "to render",
+               "needs_exemplar": "needing an exemplar"}
 
 
 def add_film_parser(subparsers) -> None:
@@ -120,8 +122,8 @@ def _status(args: argparse.Namespace) -> int:
         print(f"shot {s.index:4d}  frames {s.first}-{s.last}  {STATE_WORDS[s.state]}"
               + (f"  (colour {s.keyframe})" if s.state == "needs_exemplar" else "")
               + (f"  [history: {history.describe()}]" if history.earlier or history.can_revert else ""))
-    print(", ".join(f"{n} {STATE_WORDS[name].split(' (')[0]}" for name, n in counts.items() if n or name == "done")
-          + f" of {plural(len(states), 'shot')}")
+    print(", ".join(f"{n} {COUNT_WORDS[name]}" for name, n in counts.items() if n or name == "done")
+          + f" (of {plural(len(states), 'shot')})")
     return 0
 
 
