@@ -4,11 +4,12 @@ what changed, and assembled without re-encoding. See project.py for the folder's
 from __future__ import annotations
 
 from .assemble import assemble_film
+from .checks import check_project_name
 from .commit import Committed, commit_shot
 from .history import Reverted, ShotHistory, revert_shot, shot_history
 from .jobs import ExemplarFile, FilmSettings, ShotJob
 from .plan import STATE_WORDS, ShotState, plan_jobs, shot_states
-from .project import FilmProject, check_project_name
+from .project import FilmProject
 from .records import ProjectLocked
 from .render import SegmentResult, job_warnings, render_job
 from .source import FilmError, ShotSpan

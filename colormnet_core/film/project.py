@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import re
-import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +36,7 @@ from torch import Tensor
 from ..errors import InputError
 from ..shots import Shot, ShotDetector, ShotDetectorConfig, validate_shots
 from ..video_io import read_image
+from .checks import check_shape, check_windows_name
 from .jobs import ExemplarFile, FilmSettings
 from .records import file_lock, read_json, remove_partials, write_atomic, write_json
 from .source import FilmError, SourceIndex, fingerprint_source, index_source, read_frames
@@ -47,36 +47,6 @@ FORMAT_VERSION = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 _PINNED = re.compile(r"^(\d+)$")
 _FINGERPRINTS_SEEN: dict[tuple, dict] = {}     # source_stat(...) -> fingerprint, per process
-_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in "123456789¹²³"),
-                     *(f"LPT{i}" for i in "123456789¹²³")}
-
-
-def check_project_name(name: str) -> str:
-    """`name` stripped, if it is one plain folder name that works on every OS: letters of any script,
-    digits, spaces, '.', '_', '-', up to 100, starting with a letter or digit, not ending in '.' or a
-    space, not a name Windows reserves (con, nul, com1...). InputError saying what to change."""
-    stripped = name.strip()
-    example = "e.g. my_film or Le Mépris 1963"
-    if not stripped or len(stripped) > 100 or not (stripped[0].isalnum()) or any(
-            not (c.isalnum() or c in " ._-") for c in stripped) or ".." in stripped:
-        raise InputError(f"project name {name!r} is not a plain folder name: use letters (any language), digits, "
-                         f"spaces, '.', '_' or '-', up to 100, starting with a letter or digit; {example}.")
-    check_windows_name(stripped)
-    return stripped
-
-
-def check_windows_name(name: str) -> None:
-    """InputError for a folder name Windows cannot hold: ending in '.' or a space, or a device name
-    (con, prn, aux, nul, com1-9, lpt1-9, also with an extension such as nul.txt)."""
-    if name.endswith((".", " ")):
-        raise InputError(f"project name {name!r} ends with {name[-1]!r}, which Windows drops from folder names; "
-                         f"remove it.")
-    base = unicodedata.normalize("NFKC", name.split(".")[0]).strip().upper()
-    if base in _WINDOWS_RESERVED:
-        raise InputError(f"project name {name!r} is a device name on Windows ({base}), which cannot be a folder "
-                         f"there; choose another name, e.g. {name.split('.')[0]}_film.")
-
-
 def source_stat(path: Path) -> list:
     """What changes whenever a file is written or replaced: size, mtime, ctime, inode (ctime cannot be
     set back by tools that restore mtime)."""
@@ -150,7 +120,7 @@ class FilmProject:
             raise FilmError(f"{folder / 'film.json'} is format version {data.get('format')!r}, this version of "
                             f"ColorMNet reads version {FORMAT_VERSION}; use the ColorMNet version that made it, "
                             f"or make the project again in a new folder.")
-        _check_shape(data, folder / "film.json")
+        check_shape(data, folder / "film.json")
         project = cls(folder, data, SourceIndex.from_json(read_json(folder / "source_index.json", "the index")))
         if project.shots[-1].last != project.frame_count - 1:
             raise FilmError(f"{folder / 'film.json'} lists shots up to frame {project.shots[-1].last} but the "
@@ -334,36 +304,6 @@ def _difference(name: str, was, now) -> str:
     if name == "packets_sha256":
         return "its video packets differ (an edit or a re-encode, even of the same size)"
     return f"{name} was {was}, now {now}"
-
-
-def _check_shape(data: dict, path: Path) -> None:
-    """FilmError unless film.json has the fields and types this version writes."""
-    problems = []
-    if not isinstance(data.get("source"), str):
-        problems.append("'source' is not a file path")
-    fingerprint = data.get("source_fingerprint")
-    if not isinstance(fingerprint, dict) or not isinstance(fingerprint.get("bytes"), int):
-        problems.append("'source_fingerprint' is not an object with 'bytes'")
-    shots = data.get("shots")
-    if not isinstance(shots, list) or not shots or not all(
-            isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) for v in s) for s in shots):
-        problems.append("'shots' is not a list of [first, last] frame pairs")
-    else:
-        try:
-            validate_shots(shots)
-        except InputError as e:
-            problems.append(f"'shots' {e}")
-    settings = data.get("settings")
-    if settings is not None:
-        try:
-            FilmSettings.from_json(settings)
-        except (KeyError, TypeError, ValueError, AttributeError, InputError) as e:
-            problems.append(f"'settings' cannot be read ({type(e).__name__}: {e})")
-    if settings is not None and not isinstance(data.get("checkpoint_sha256"), str):
-        problems.append("'checkpoint_sha256' is not a sha256")
-    if problems:
-        raise FilmError(f"{path} is damaged: {'; '.join(problems)}. Restore it from a backup, or make the project "
-                        f"again in a new folder (copy your exemplars over).")
 
 
 def scan_exemplars(folder: Path, frame_count: int) -> list[ExemplarFile]:
