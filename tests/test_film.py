@@ -280,9 +280,12 @@ def test_save_exemplar_pins_a_picture_and_replaces_the_old_one(fresh):
     shutil.copy(fresh.keyframe_path(1), fresh.dir / "exemplars" / "12.jpg")
     import torch
 
+    replaced = (fresh.dir / "exemplars" / "12.jpg").read_bytes()
     path = fresh.save_exemplar(12, torch.zeros(3, 8, 8, dtype=torch.uint8))
     assert path.name == "000012.png"
-    assert sorted(p.name for p in (fresh.dir / "exemplars").iterdir()) == ["000012.png"]
+    assert sorted(p.name for p in (fresh.dir / "exemplars").iterdir()) == ["000012.png", "history"]
+    (kept,) = (fresh.dir / "exemplars" / "history").iterdir()      # the replaced picture is not lost
+    assert kept.read_bytes() == replaced and kept.name.startswith("000012-") and kept.suffix == ".jpg"
     with pytest.raises(FilmError, match="frames 0-32"):
         fresh.save_exemplar(33, torch.zeros(3, 8, 8, dtype=torch.uint8))
 

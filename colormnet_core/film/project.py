@@ -113,8 +113,8 @@ class FilmProject:
         """Open a project; FilmError when it is none, of another format version, or its source changed."""
         folder = Path(folder)
         if not (folder / "film.json").is_file():
-            raise FilmError(f"{folder} is not a film project (no film.json); make one with `film init SOURCE "
-                            f"--project {folder}`.")
+            raise FilmError(f"{folder} is not a film project (no film.json); make one with the Film Project node "
+                            f"or `film init SOURCE --project {folder}`.")
         data = read_json(folder / "film.json", "the project file")
         if data.get("format") != FORMAT_VERSION:
             raise FilmError(f"{folder / 'film.json'} is format version {data.get('format')!r}, this version of "
