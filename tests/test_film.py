@@ -333,7 +333,7 @@ def test_assemble_lists_the_missing_shots(fresh, tmp_path, capsys):
     from colormnet_core.film import assemble_film
 
     assert film("assemble", "--project", str(fresh.dir), "--output", str(tmp_path / "x.mp4")) == 1
-    assert "no shot has been rendered yet; run `film render` first" in capsys.readouterr().err
+    assert "no shot has been rendered yet; render the shots first" in capsys.readouterr().err
     fresh.remember_settings(FilmSettings(size=SIZE), "0" * 64)
     shutil.copy(fresh.keyframe_path(0), fresh.dir / "exemplars")
     with pytest.raises(FilmError, match=r"3 of 3 shots are not rendered.*0 \(0-11: not rendered yet\), 1 \(12-21: "
