@@ -494,6 +494,8 @@ class ColorMNetRenderShot:
                              f"Shot's 'shot' output to Render Shot.")
         device = host.torch_device()
         config = memory.config if memory is not None else memory_config_from_prompt(prompt, unique_id)
+        if config is None and done_shot == DONE_SHOT[2] and project.settings() is not None:
+            config = project.settings().memory    # a revert judges the kept segment by the last render's
         if config is None:
             raise InputError("Render Shot could not tell the memory settings without its memory input; connect "
                              "ColorMNet Memory to 'memory'.")
