@@ -12,7 +12,9 @@ Signals, on the frame's luminance (BT.601 weights) area-averaged to `grid` pixel
   difference of the downsized frames (in [0, 1]; sees cuts between shots of similar tones). A new
   shot starts at t when s(t) >= threshold and s(t) >= cut_ratio times the mean s of the frames
   before it in the same shot (so a fast pan or noisy footage, whose s is high everywhere, does not
-  cut on every frame). A cut closer than min_shot_length to the last start is dropped.
+  cut on every frame). Of two cuts closer than min_shot_length the stronger (higher s) is kept: a
+  later, stronger cut replaces a start made by a weaker cut (a flash or a false cut just before the
+  real one), a later, weaker one is dropped.
 * cross-fade: a dissolve changes every frame a little, so no single s(t) is large, but over
   `fade_window` frames the histogram moves as far as at a cut. A new shot starts at t when
   H(t, r) >= fade_threshold, with r = max(t - fade_window, floor) and floor = the last shot start
@@ -21,8 +23,11 @@ Signals, on the frame's luminance (BT.601 weights) area-averaged to `grid` pixel
   inside the dissolve, where its histogram has moved fade_threshold of the way.
 Both are causal: `push(frame t)` decides about frame t from frames <= t, so a streaming consumer
 knows a cut one frame after the previous shot's last frame. Boundaries closer than
-`min_shot_length` frames to the previous shot start are ignored. The detector keeps one downsized
-frame, `fade_window + 1` histograms and a few scores: memory does not grow with the video.
+`min_shot_length` frames to the previous shot start are ignored, except a stronger cut replacing a
+weaker one: `push` then says a shot starts at t too, and `finish` lists only the stronger (a
+streaming consumer that already started a shot at the weaker cut keeps that short shot). The
+detector keeps one downsized frame, `fade_window + 1` histograms and a few scores: memory does not
+grow with the video.
 """
 
 from __future__ import annotations
@@ -95,7 +100,8 @@ class ShotDetector:
         self.config = config or ShotDetectorConfig()
         self.frames_seen = 0
         self.starts: list[int] = [0]
-        self.ignored_cuts: list[int] = []   # cuts closer than min_shot_length to the shot start before them
+        self.ignored_cuts: list[int] = []   # cuts dropped for a stronger one closer than min_shot_length
+        self._start_score: float | None = None   # cut score of the last start (None: frame 0 or a cross-fade)
         self._previous: Tensor | None = None
         self._histograms: deque[tuple[int, Tensor]] = deque(maxlen=self.config.fade_window + 1)
         self._scores: deque[float] = deque(maxlen=self._SCORE_HISTORY)
@@ -117,15 +123,23 @@ class ShotDetector:
             allowed = t - self.starts[-1] >= cfg.min_shot_length
             recent = sum(self._scores) / len(self._scores) if self._scores else 0.0
             if score >= cfg.threshold and score >= cfg.cut_ratio * recent:
-                # A cut too close to the last one is dropped, and no cross-fade comparison spans it
-                # (it would report the same cut a few frames later).
-                new_shot, cut, self._floor = allowed, True, max(self._floor, t)
-                if not allowed:
+                # Of two cuts closer than min_shot_length the stronger is kept; no cross-fade comparison
+                # spans a cut (it would report the same cut a few frames later).
+                cut, self._floor = True, max(self._floor, t)
+                stronger = not allowed and self._start_score is not None and score > self._start_score
+                if allowed:
+                    new_shot = True
+                elif stronger:
+                    self.ignored_cuts.append(self.starts.pop())
+                    new_shot = True
+                else:
                     self.ignored_cuts.append(t)
+                if new_shot:
+                    self._start_score = score
             elif allowed and t > self._floor:
                 reference = next(h for i, h in self._histograms if i >= max(t - cfg.fade_window, self._floor))
                 if _histogram_distance(histogram, reference) >= cfg.fade_threshold:
-                    new_shot, self._floor = True, t + cfg.fade_window
+                    new_shot, self._floor, self._start_score = True, t + cfg.fade_window, None
             if new_shot:
                 self.starts.append(t)
             if new_shot or cut:

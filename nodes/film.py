@@ -4,6 +4,12 @@ Film Project opens or creates the project under output/colormnet_films/<name>; F
 shot (its `shot` widget increments after every queued prompt, so a batch count of N renders N shots);
 Render Shot writes that shot's segment; Assemble Film joins the segments into a VIDEO.
 
+Render Shot's `memory` input (what carries the image model's exemplar) is lazy: it is asked for only
+when the shot has no exemplar in the project yet, or `done_shot` says to redo it. A re-queued film
+whose shots have exemplars therefore never runs the image model again; a shot that is stale (other
+settings) renders again from the exemplar the project holds. The new exemplar counts only once the
+shot's segment commits (colormnet_core.film.commit), so a Cancel keeps the previous one.
+
 The FILM socket value is an immutable `Film` (where the project is, its shots); every node reopens
 the project for its current state, so nothing shared between nodes is ever modified.
 """
@@ -13,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import shutil
 import threading
 import uuid
@@ -36,9 +41,7 @@ log = logging.getLogger(__name__)
 NO_FILE = "(none: use the video input)"
 SOURCE_NAME = "source.mp4"   # an in-memory VIDEO is written once into its project under this name
 MAX_SHOT = 1_000_000
-STATE_WORDS = {"done": "done", "stale": "stale (made from other exemplars or settings)", "pending": "not rendered yet",
-               "needs_exemplar": "needs an exemplar"}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$")
+DONE_SHOT = ("skip", "redo with the new exemplar", "revert to the previous exemplar")
 
 
 @dataclass(frozen=True)
@@ -58,12 +61,9 @@ def _core():
 
 
 def project_folder(name: str) -> Path:
-    """output/colormnet_films/<name>, after checking that the name is one plain folder name."""
-    name = name.strip()
-    if not _NAME.match(name) or ".." in name:
-        raise InputError(f"project name {name!r} is not a plain folder name: use letters, digits, spaces, '.', '_' "
-                         f"or '-' (up to 100, starting with a letter or digit), e.g. my_film.")
-    return host.films_dir() / name
+    """output/colormnet_films/<name>, after checking that the name is one plain folder name that works
+    on every OS (colormnet_core.film.check_project_name)."""
+    return host.films_dir() / _core().check_project_name(name)
 
 
 def project_state(folder: Path) -> str:
@@ -83,12 +83,19 @@ def open_project(film: Film):
     return _core().FilmProject.open(film.dir)
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def summary(project) -> list[str]:
     """The lines Film Project shows: counts per state, then the shots that need an exemplar."""
     states = project.status()
-    count = {s: sum(1 for x in states if x.state == s) for s in ("done", "stale", "pending", "needs_exemplar")}
-    lines = [f"{len(states)} shots, {project.frame_count} frames: {count['done']} done, {count['stale']} stale, "
-             f"{count['pending']} to render, {count['needs_exemplar']} needing an exemplar."]
+    count = {s: sum(1 for x in states if x.state == s) for s in ("done", "stale", "damaged", "pending",
+                                                                 "needs_exemplar")}
+    damaged = f"{count['damaged']} damaged (render again), " if count["damaged"] else ""
+    lines = [f"{_plural(len(states), 'shot')}, {_plural(project.frame_count, 'frame')}: {count['done']} done, "
+             f"{count['stale']} stale, {damaged}{count['pending']} to render, {count['needs_exemplar']} needing an "
+             f"exemplar."]
     waiting = [str(x.index) for x in states if x.state == "needs_exemplar"]
     if waiting:
         lines.append("Needing an exemplar (queue them with Film Shot): shots " + _short_list(waiting) + ".")
@@ -270,9 +277,9 @@ class ColorMNetFilmShot:
             blocked = host.execution_blocker(None)
             return {"ui": {"text": [message]}, "result": (blocked,) * len(self.RETURN_TYPES)}
         first, last = (int(v) for v in project.shots[shot][:2])
-        keyframe = _read_image(project.keyframe_path(shot))
+        keyframe = _read_image(project.keyframe(shot))
         (state,) = (x.state for x in _core().shot_states(project, shots=[shot]))
-        lines = [f"Shot {shot} of {count} (0-{count - 1}): frames {first}-{last}, {STATE_WORDS[state]}."]
+        lines = [f"Shot {shot} of {count} (0-{count - 1}): frames {first}-{last}, {_core().STATE_WORDS[state]}."]
         host.show_status(unique_id, lines)
         return {"ui": {"text": lines}, "result": (keyframe, str(first), first, last, shot)}
 
@@ -281,8 +288,8 @@ def _read_image(path: Path) -> torch.Tensor:
     """A PNG -> IMAGE `1 x H x W x 3` float32 in [0, 1]."""
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise InputError(f"cannot read the keyframe {path}; the project folder is damaged. Create the project again "
-                         f"under a new name.")
+        raise InputError(f"cannot read the picture {path}; replace it, or delete it (a keyframe is then extracted "
+                         f"again from the film).")
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     return torch.from_numpy(np.ascontiguousarray(rgb)).float().div_(255.0).unsqueeze(0)
 
@@ -306,32 +313,55 @@ def checkpoint_sha256(path: Path) -> str:
         return _SHA_CACHE[str(path)][1]
 
 
-def pin_exemplars(project, exemplars, shot: int) -> list[str]:
-    """Saves the exemplars pinned inside shot `shot` into the project's exemplars/ (so later renders, by
-    node or CLI, reuse them); returns notes about the ones that are not saved."""
+def new_exemplars(project, exemplars, shot: int) -> tuple[dict[int, bytes], list, list[str]]:
+    """The memory's exemplars pinned inside shot `shot` as ({frame: PNG bytes}, [Exemplar], notes about
+    the ones not used). Nothing is written: they enter the project when the shot commits."""
+    from ..colormnet_core.exemplars import Exemplar
+    from ..colormnet_core.film.project import png_bytes
     from ..colormnet_core.preprocess import as_rgb
 
     first, last = (int(v) for v in project.shots[shot][:2])
-    notes = []
+    notes, pictures, kept = [], {}, []
     for exemplar in exemplars:
         if exemplar.frame is None:
             notes.append("a reference exemplar (frame -1) is not used here: a film's references are files "
                          "exemplars/reference*.png in the project, applying to every shot.")
         elif not first <= exemplar.frame <= last:
             notes.append(f"the exemplar pinned to frame {exemplar.frame} is outside shot {shot} (frames {first}-"
-                         f"{last}), so it is not saved; queue the shot that holds that frame with it.")
+                         f"{last}), so it is not used; queue the shot that holds that frame with it.")
         else:
-            rgb = as_rgb(exemplar.image.unsqueeze(0), "the exemplar")[0]
-            project.save_exemplar(exemplar.frame, (rgb * 255).round().clamp(0, 255).to(torch.uint8).cpu())
-    return notes
+            rgb = (as_rgb(exemplar.image.unsqueeze(0), "the exemplar")[0] * 255).round().clamp(0, 255)
+            rgb = rgb.to(torch.uint8).cpu()
+            pictures[exemplar.frame] = png_bytes(rgb, f"the exemplar of frame {exemplar.frame}")
+            kept.append(Exemplar(rgb, exemplar.frame))
+    return pictures, kept, notes
 
 
-def film_settings(model, memory, size: str, keep_luminance: bool, crf: int, device: torch.device,
+def film_settings(model, memory_config, size: str, keep_luminance: bool, crf: int, device: torch.device,
                   propagation: str = "forward"):
     """FilmSettings for the node's choices: what changes a segment's bytes."""
-    return _core().FilmSettings(size=None if not size[:1].isdigit() else size, memory=memory.config,
+    return _core().FilmSettings(size=None if not size[:1].isdigit() else size, memory=memory_config,
                                 precision=model.autocast(device), gamut="keep_luminance" if keep_luminance else "clip",
                                 crf=int(crf), propagation=propagation)
+
+
+def memory_config_from_prompt(prompt, unique_id):
+    """The MemoryConfig that Render Shot's `memory` input will carry, read from the queued prompt
+    without running anything: the linked node must be ColorMNet Memory with every setting a plain
+    value. None when it cannot be told (then the input is evaluated)."""
+    from .memory import ColorMNetMemory
+
+    try:
+        link = prompt[str(unique_id)]["inputs"]["memory"]
+        node = prompt[str(link[0])]
+        if node.get("class_type") != "ColorMNetMemory":
+            return None
+        values = {k: v for k, v in node["inputs"].items() if k != "encoded"}
+        if any(isinstance(v, list) for v in values.values()):   # a setting fed by a link
+            return None
+        return ColorMNetMemory().build(None, **values)[0].config
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError):
+        return None
 
 
 def _confidence_file(fingerprint: str) -> Path:
@@ -339,33 +369,37 @@ def _confidence_file(fingerprint: str) -> Path:
     return host.temp_dir() / "colormnet_film_confidence" / f"{fingerprint}.json"
 
 
-def render_one(project, job, model, device: torch.device, key_batch: int) -> list[float]:
-    """Renders `job` to a partial segment and commits it (under the shot's lock); returns the confidence
-    per frame. Progress per frame; Cancel stops within a frame and leaves no partial file."""
+def render_one(project, job, model, device: torch.device, key_batch: int, pictures: dict[int, bytes]):
+    """Renders `job` (with `pictures` replacing its exemplars at their frames) and commits it through the
+    core's one commit path (lock, partial file, render, commit, clean-up). Returns the `Committed`
+    and the confidence per frame (None when it was already done). Progress per frame; Cancel stops
+    within a frame and leaves the shot as it was."""
     film = _core()
     update = host.progress(job.frames)
 
-    with project.shot_lock(job.index):
-        partial = project.partial_segment_path(job)
+    def render(staged, partial):
         network = model.network(device)
         try:
-            result = film.render_job(job, network, out_path=partial, device=device, key_batch=key_batch,
-                                     on_frame=lambda frame: update(frame.index + 1), should_stop=host.interrupted)
-            project.commit(job, result)
-        except Cancelled:
-            host.raise_if_interrupted()   # ComfyUI's own interruption exception, so the UI shows "interrupted"
-            raise
-        except torch.OutOfMemoryError as e:
-            raise ResolutionError(f"the GPU ran out of memory rendering shot {job.index}. Choose a smaller "
-                                  f"processing_size (e.g. 480 or 360) or a key_batch of 1.") from e
+            return film.render_job(staged, network, out_path=partial, device=device, key_batch=key_batch,
+                                   on_frame=lambda frame: update(frame.index + 1), should_stop=host.interrupted)
         finally:
             model.offload()
-            partial.unlink(missing_ok=True)   # committed: already renamed; otherwise a cut-short file
-    confidence = [float(c) for c in result.confidence]
-    target = _confidence_file(job.fingerprint)
+
+    try:
+        committed = film.commit_shot(project, job, render, new_exemplars=pictures)
+    except Cancelled:
+        host.raise_if_interrupted()   # ComfyUI's own interruption exception, so the UI shows "interrupted"
+        raise
+    except torch.OutOfMemoryError as e:
+        raise ResolutionError(f"the GPU ran out of memory rendering shot {job.index}. Choose a smaller "
+                              f"processing_size (e.g. 480 or 360) or a key_batch of 1.") from e
+    if not committed.rendered:
+        return committed, None
+    confidence = [float(c) for c in committed.result.confidence]
+    target = _confidence_file(committed.job.fingerprint)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(confidence))
-    return confidence
+    return committed, confidence
 
 
 def _placeholder_plot(text: str) -> torch.Tensor:
@@ -391,18 +425,20 @@ def _preview(segment: Path, prefix: str):
 
 class ColorMNetRenderShot:
     CATEGORY = "ColorMNet"
-    SEARCH_ALIASES = [*SEARCH_ALIASES, "film", "shot", "render", "segment"]
+    SEARCH_ALIASES = [*SEARCH_ALIASES, "film", "shot", "render", "segment", "revert"]
     OUTPUT_NODE = True
-    DESCRIPTION = ("Renders one shot of a film project into its segment (segments/<first frame>.mp4), from the "
-                   "exemplars in memory that are pinned inside the shot. Those exemplars are saved into the "
-                   "project's exemplars/ folder, so a later render (this node or the command line) reuses them "
-                   "without the image model. A shot already rendered with the same exemplars, settings and "
-                   "checkpoint is not rendered again. A new exemplar or other settings render it again. Progress "
-                   "per frame; Cancel stops within a frame and keeps the previous segment.")
-    RETURN_TYPES = ("VIDEO", "IMAGE")
-    RETURN_NAMES = ("video", "confidence_plot")
+    DESCRIPTION = ("Renders one shot of a film project into its segment (segments/<first frame>.mp4). A shot that "
+                   "has no exemplar in the project yet takes the exemplars pinned inside it from 'memory' (the "
+                   "image model's picture); a shot that has one renders from it, and a shot already rendered with "
+                   "the same exemplars, settings and checkpoint is skipped: then the image model does not run at "
+                   "all. To replace a shot's exemplar set done_shot to 'redo'; 'revert' brings back the previous "
+                   "one (without rendering when its segment was kept). A new exemplar enters the project only "
+                   "when the shot's segment is saved, so Cancel keeps the previous exemplar and segment.")
+    RETURN_TYPES = ("VIDEO", "IMAGE", "IMAGE")
+    RETURN_NAMES = ("video", "confidence_plot", "exemplar")
     OUTPUT_TOOLTIPS = ("The shot's segment (H.264, no sound), to preview; Assemble Film joins all of them.",
-                       "Match confidence per frame of the shot: add exemplars where it drops.")
+                       "Match confidence per frame of the shot: add exemplars where it drops.",
+                       "The exemplar the shot is rendered from (its first frame's, as saved in the project).")
     FUNCTION = "render"
 
     @classmethod
@@ -410,16 +446,45 @@ class ColorMNetRenderShot:
         return {"required": {
             "film": ("FILM",),
             "model": ("COLORMNET_MODEL",),
-            "memory": ("COLORMNET_MEMORY", {"tooltip": "From ColorMNet Memory: its exemplars pinned inside the "
-                       "shot (Load Exemplar with the frame index Film Shot outputs) are saved and used."}),
+            "memory": ("COLORMNET_MEMORY", {"lazy": True, "tooltip": "From ColorMNet Memory: its exemplars "
+                       "pinned inside the shot (Load Exemplar with the frame index Film Shot outputs). Evaluated "
+                       "only when the shot has no exemplar in the project or done_shot is 'redo', so a re-queued "
+                       "film does not run the image model again."}),
             "shot": ("INT", {"default": 0, "min": 0, "max": MAX_SHOT, "tooltip": "Shot index: connect Film "
                      "Shot's 'shot' output."}),
             **_size_inputs(),
             "crf": CRF_INPUT,
-        }, "optional": {**custom_size_input(), **propagation_input()}, "hidden": {"unique_id": "UNIQUE_ID"}}
+        }, "optional": {
+            **custom_size_input(), **propagation_input(),
+            "done_shot": (list(DONE_SHOT), {"default": DONE_SHOT[0], "tooltip": "skip: a shot that has an "
+                          "exemplar is rendered from it (only if it is not already done) and the image model is not "
+                          "run. redo: run the image model and render the shot with its new exemplar (the old one "
+                          "stays in exemplars/history). revert: bring back the shot's previous exemplar, and its "
+                          "segment when it was kept (nothing is rendered then)."}),
+        }, "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"}}
 
-    def render(self, film, model, memory, shot, processing_size, keep_luminance, key_batch, crf=18,
-               custom_size=None, propagation="forward", unique_id=None):
+    def check_lazy_status(self, film, model, memory=None, shot=0, processing_size="480", keep_luminance=True,
+                          key_batch=1, crf=18, custom_size=None, propagation="forward", done_shot=DONE_SHOT[0],
+                          prompt=None, unique_id=None):
+        """['memory'] when the image model's exemplar is needed (see the class description), else []."""
+        if memory is not None or done_shot == DONE_SHOT[2]:
+            return []
+        if done_shot == DONE_SHOT[1]:
+            return ["memory"]
+        try:
+            project = open_project(film)
+            if not 0 <= int(shot) < len(project.shots):
+                return []     # render() reports the bad index
+            (state,) = _core().shot_states(project, shots=[int(shot)])
+            if state.state == "needs_exemplar" or memory_config_from_prompt(prompt, unique_id) is None:
+                return ["memory"]
+            return []
+        except Exception:   # noqa: BLE001 - undecidable here: evaluate the input, render() reports the problem
+            log.debug("ColorMNet: Render Shot evaluates its memory input", exc_info=True)
+            return ["memory"]
+
+    def render(self, film, model, memory, shot, processing_size, keep_luminance, key_batch, crf=18, custom_size=None,
+               propagation="forward", done_shot=DONE_SHOT[0], prompt=None, unique_id=None):
         core = _core()
         size = size_choice(processing_size, custom_size)
         project = open_project(film)
@@ -427,30 +492,69 @@ class ColorMNetRenderShot:
         if not 0 <= shot < count:
             raise InputError(f"the film has {count} shots, 0-{count - 1}; there is no shot {shot}. Connect Film "
                              f"Shot's 'shot' output to Render Shot.")
-        notes = pin_exemplars(project, memory.exemplars.exemplars, shot)
         device = host.torch_device()
-        settings = film_settings(model, memory, size, keep_luminance, crf, device, propagation)
+        config = memory.config if memory is not None else memory_config_from_prompt(prompt, unique_id)
+        if config is None and done_shot == DONE_SHOT[2] and project.settings() is not None:
+            config = project.settings().memory    # a revert judges the kept segment by the last render's
+        if config is None:
+            raise InputError("Render Shot could not tell the memory settings without its memory input; connect "
+                             "ColorMNet Memory to 'memory'.")
+        settings = film_settings(model, config, size, keep_luminance, crf, device, propagation)
         sha = checkpoint_sha256(model.path)
+        if done_shot == DONE_SHOT[2]:
+            outcome = core.revert_shot(project, shot, settings, sha)
+            return self._result(project, shot, None, [outcome.message], unique_id)
         (job,) = core.plan_jobs(project, settings, sha, shots=[shot])
-        project.remember_settings(settings, sha)   # Film Project's summary and Assemble judge against these
-        (state,) = core.shot_states(project, settings, sha, shots=[shot])
-        if state.state == "needs_exemplar":
-            raise InputError(f"shot {shot} (frames {job.first}-{job.last}) has no exemplar: pin one inside it (Load "
-                             f"Exemplar's frame or batch_frames = {job.first}, from Film Shot), or put "
-                             f"{project.exemplar_path(job.first).name} in {project.exemplar_path(job.first).parent}.")
-        if state.state == "done":
-            notes.append(f"shot {shot} is already done with these exemplars and settings: nothing rendered.")
-            saved = _confidence_file(job.fingerprint)
-            confidence = json.loads(saved.read_text()) if saved.is_file() else None
-        else:
-            confidence = render_one(project, job, model, device, key_batch)
+        state = core.shot_states(project, settings, sha, shots=[shot])[0].state
+        notes, pictures, given = [], {}, []
+        if memory is not None and (done_shot == DONE_SHOT[1] or state == "needs_exemplar"):
+            pictures, given, notes = new_exemplars(project, memory.exemplars.exemplars, shot)
+        elif memory is not None and memory.exemplars.exemplars:
+            notes.append(f"shot {shot} already has an exemplar in the project, so the one from memory is not used; "
+                         f"set done_shot to 'redo' to replace it.")
+        if not (job.first in pictures or any(e.frame == job.first or e.frame is None for e in job.exemplars)):
+            raise InputError(_no_exemplar_message(project, job, sorted(set(pictures) | {e.frame for e in
+                                                                                         job.exemplars})))
+        warnings = core.job_warnings(job, extra=given)
+        committed, confidence = render_one(project, job, model, device, key_batch, pictures)
+        if committed.rendered:
             notes.append(f"shot {shot} rendered: frames {job.first}-{job.last}.")
-        pinned = sorted(e.frame - job.first for e in job.exemplars if e.frame is not None)
-        plot = confidence_plot(confidence, [(0, len(confidence) - 1)], (), pinned) if confidence else \
+        else:
+            notes.append(f"shot {shot} is already done with these exemplars and settings: nothing rendered.")
+            saved = _confidence_file(committed.job.fingerprint)
+            confidence = json.loads(saved.read_text()) if saved.is_file() else None
+        return self._result(project, shot, confidence, notes, unique_id, warnings,
+                            pinned=sorted(e.frame - job.first for e in committed.job.exemplars if e.frame is not None))
+
+    def _result(self, project, shot: int, confidence, notes: list[str], unique_id, warnings=(), pinned=()):
+        first = project.shots[shot].first
+        plot = confidence_plot(confidence, [(0, len(confidence) - 1)], (), list(pinned)) if confidence else \
             _placeholder_plot(f"Shot {shot} was rendered earlier;\nits confidence is shown when it renders.")
-        host.show_status(unique_id, notes)
-        video, ui = _preview(project.segment_path(shot), f"colormnet_shot_{job.first:06d}")
-        return {"ui": {**ui, "text": notes}, "result": (video, plot)}
+        host.show_text(unique_id, list(warnings), notes)
+        segment = project.segment_path(shot)
+        if not segment.is_file():   # a revert whose segment must be rendered again
+            return {"ui": {"text": [*warnings, *notes]}, "result": (None, plot, _shot_exemplar(project, shot))}
+        video, ui = _preview(segment, f"colormnet_shot_{first:06d}")
+        return {"ui": {**ui, "text": [*warnings, *notes]}, "result": (video, plot, _shot_exemplar(project, shot))}
+
+
+def _no_exemplar_message(project, job, frames: list[int]) -> str:
+    inside = [f for f in frames if f is not None and job.first < f <= job.last]
+    where = (f"the exemplar pinned to frame {inside[0]} colours only frames {inside[0]} on, not the shot's start; "
+             if inside else "")
+    return (f"shot {job.index} (frames {job.first}-{job.last}) has no exemplar for its first frame {job.first}: "
+            f"{where}pin one to frame {job.first} (Load Exemplar's batch_frames from Film Shot's 'frame' output), or "
+            f"put a picture exemplars/reference.png into {project.dir} for every shot. Nothing was saved.")
+
+
+def _shot_exemplar(project, shot: int) -> torch.Tensor:
+    """IMAGE of the picture the shot is coloured from: its first frame's exemplar, else a reference, else
+    its (grey) keyframe."""
+    first = project.shots[shot].first
+    for e in project.exemplars_for(shot):
+        if e.frame == first or e.frame is None:
+            return _read_image(Path(e.path))
+    return _read_image(project.keyframe(shot))
 
 
 class ColorMNetAssembleFilm:
@@ -488,7 +592,8 @@ def _require_every_shot(project) -> None:
                          f"-> Render Shot) once per shot, then run Assemble Film again.")
     waiting = [s for s in project.status() if s.state != "done"]
     if waiting:
-        listing = _short_list([f"{s.index} (frames {s.first}-{s.last}: {STATE_WORDS[s.state]})" for s in waiting])
+        listing = _short_list([f"{s.index} (frames {s.first}-{s.last}: {_core().STATE_WORDS[s.state]})"
+                               for s in waiting])
         raise InputError(f"{len(waiting)} of {len(project.shots)} shots are not rendered with the current settings: "
                          f"{listing}. Queue them in the film workflow (set Film Shot's shot to each, or to "
                          f"{waiting[0].index} with a batch count), then run Assemble Film again.")

@@ -130,15 +130,19 @@ def show_status(node_id: str | None, lines: list[str]) -> None:
 
 
 def _send_text(node_id: str | None, text: str) -> None:
+    """Text for the node `node_id` to the prompt's own client only: ComfyUI's send_progress_text without
+    a sid goes to every browser connected, which on a shared server shows one user's film on another's
+    screen. A prompt queued without a client id (API scripts) has no browser to show it to."""
     if node_id is None:
         return
     server = _comfy("server")
     instance = getattr(getattr(server, "PromptServer", None), "instance", None)
     send = getattr(instance, "send_progress_text", None)
-    if send is None:
+    client = getattr(instance, "client_id", None)   # set by ComfyUI from the prompt's client_id while it runs
+    if send is None or client is None:
         return
     try:
-        send(text, node_id)
+        send(text, node_id, client)
     except Exception:   # a display nicety must never fail a run (e.g. no client connected)
         log.debug("could not show text on node %s", node_id, exc_info=True)
 

@@ -123,7 +123,7 @@ def ignored_cuts_notes(ignored: Sequence[int], min_shot_length: int) -> list[str
         return []
     frames = ", ".join(str(f) for f in ignored)
     message = (f"scene change(s) at frame(s) {frames} ignored: closer than min_shot_length ({min_shot_length} "
-               f"frames) to the previous cut, so each is coloured from the previous scene's exemplar. Lower "
+               f"frames) to a stronger cut, so each is coloured from the exemplar of the shot it falls in. Lower "
                f"min_shot_length to cut there, or pin an exemplar to that frame.")
     log.warning("ColorMNet: %s", message)
     return [message]

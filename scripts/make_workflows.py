@@ -31,6 +31,9 @@ SIZES = {
     "ColorMNetModelLoader": [400, 82], "ColorMNetDownloadModel": [420, 178], "ColorMNetLoadExemplar": [300, 102],
     "ColorMNetEncode": [260, 54], "ColorMNetMemory": [330, 226], "ColorMNetColorize": [330, 360],
     "ColorMNetVideo": [330, 380], "ColorMNetDetectShots": [290, 162],
+    # Render Shot shows its segment (a 16:9 film at the node's width) and its notes after a run: room for
+    # both, so the node does not grow out of its group then.
+    "ColorMNetRenderShot": [340, 600],
     "LoadVideo": [300, 300], "LoadImage": [300, 300], "SaveVideo": [360, 330], "PreviewImage": [380, 300],
     "GetVideoComponents": [240, 74], "CreateVideo": [240, 82], "ImageFromBatch": [260, 82],
     "CheckpointLoaderSimple": [340, 98], "CLIPTextEncode": [360, 160], "VAEEncode": [220, 46],
@@ -47,8 +50,11 @@ GROUP_TITLE_H, GROUP_PAD, GROUP_FONT = 34, 6, 24   # title + pad = the fit margi
 WIDGET_CHAR_W, WIDGET_MARGIN, TITLE_CHAR_W, TITLE_MARGIN, GROUP_CHAR_W = 7, 80, 7.5, 40, 13
 COLUMN_GAP, ROW_GAP = 30, 30   # between the columns of a stage / the nodes stacked in a column
 STAGE_GAP, LANE = 34, 12       # between stage groups; one routed wire's lane in the gap below a row
-VIEW, FIT_ZOOM, FIT_MARGIN = (1920, 1080), 0.75, 40   # fit-to-view: litegraph's fitToBounds on a 1920x1080
-# canvas shows the bounds (plus the margin) at 0.75 of the scale that would fill it
+# The view a workflow opens with (extra.ds, which the frontend restores on load): the whole graph centred in
+# the canvas the frontend 1.27 shows in a 1920x1080 window (the canvas starts right of the 65 px side bar
+# and below the 78 px tab and menu bars), FIT_MARGIN canvas px around it, at most 100 %. Litegraph draws
+# no text below MIN_ZOOM (its low-quality threshold), so every shipped workflow must open at or above it.
+VIEW, FIT_MARGIN, MIN_ZOOM = (1855, 1002), 20, 0.6
 STAGE_COLOR = "#3f789e"
 # "control after generate" of INT widgets that have one (default fixed): Film Shot steps through the shots,
 # so a batch count of N queues shots 0..N-1.
@@ -176,9 +182,10 @@ class Graph:
             target = ui_nodes[link[3] - 1]
             link[4] = next(i for i, s in enumerate(target["inputs"]) if s["name"] == link[4])
         groups, reroutes, extensions = lay_out_stages(ui_nodes, links, [n["stage"] for n in self.nodes], self.stages)
-        extra = {"ds": {"scale": 0.75, "offset": [0, 0]}}
+        extra = {}
         if reroutes:
             extra.update(reroutes=reroutes, linkExtensions=extensions)
+        extra["ds"] = opening_view({"nodes": ui_nodes, "groups": groups, "extra": extra})
         return {"last_node_id": len(ui_nodes), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
                 "groups": groups, "config": {}, "extra": extra, "version": 0.4}
 
@@ -264,16 +271,29 @@ def wires_behind_nodes(graph: dict) -> list[str]:
     return found
 
 
-def fit_scale(graph: dict) -> float:
-    """The frontend's fit-to-view zoom for the whole graph (nodes, groups, routed wires) on the canvas VIEW:
-    litegraph's fitToBounds, FIT_ZOOM x the scale at which the bounds plus FIT_MARGIN fill the canvas."""
+def graph_bounds(graph: dict) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of everything drawn: nodes with their title bars, groups, reroutes."""
     boxes = [node_rect(n) for n in graph["nodes"]]
     boxes += [(g["bounding"][0], g["bounding"][1], g["bounding"][0] + g["bounding"][2],
                g["bounding"][1] + g["bounding"][3]) for g in graph["groups"]]
     boxes += [(*r["pos"], *r["pos"]) for r in graph.get("extra", {}).get("reroutes", [])]
-    width = max(b[2] for b in boxes) - min(b[0] for b in boxes) + 2 * FIT_MARGIN
-    height = max(b[3] for b in boxes) - min(b[1] for b in boxes) + 2 * FIT_MARGIN
-    return FIT_ZOOM * min(VIEW[0] / width, VIEW[1] / height)
+    return min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)
+
+
+def fit_scale(graph: dict) -> float:
+    """The zoom at which the whole graph (nodes, groups, routed wires) plus FIT_MARGIN fills the canvas VIEW
+    (at most 1): what the workflow opens at (see `opening_view`)."""
+    left, top, right, bottom = graph_bounds(graph)
+    return min(1.0, VIEW[0] / (right - left + 2 * FIT_MARGIN), VIEW[1] / (bottom - top + 2 * FIT_MARGIN))
+
+
+def opening_view(graph: dict) -> dict:
+    """extra.ds of a UI workflow: `fit_scale`, and the offset that centres the graph in VIEW (litegraph draws
+    canvas point p at (p + offset) * scale)."""
+    scale = fit_scale(graph)
+    left, top, right, bottom = graph_bounds(graph)
+    offset = [VIEW[0] / (2 * scale) - (left + right) / 2, VIEW[1] / (2 * scale) - (top + bottom) / 2]
+    return {"scale": round(scale, 4), "offset": [round(v, 1) for v in offset]}
 
 
 def lay_out_stages(nodes: list[dict], links: list[list], stage_of: list[int], stages: list[dict]):
@@ -587,14 +607,16 @@ def film_workflow(defs, colour: str, colour_keyframes) -> Graph:
     shot = g.add("ColorMNetFilmShot", film=(film, 0), shot=0)
     g.stage(f"2 · Colour its keyframe ({colour})")
     coloured = colour_keyframes(g, (shot, 0))
-    g.add("PreviewImage", "Coloured keyframe", images=(coloured, 0))
     g.stage("3 · Render the shot")
     exemplar = g.add("ColorMNetLoadExemplar", image=(coloured, 0), frame=0, batch_frames=(shot, 1))
     model = g.add("ColorMNetModelLoader", checkpoint=CHECKPOINT, precision="auto")
     encoded = g.add("ColorMNetEncode", model=(model, 0), exemplars=(exemplar, 0))
     memory = g.add("ColorMNetMemory", encoded=(encoded, 0), **MEMORY_DEFAULTS)
     render = g.add("ColorMNetRenderShot", film=(film, 0), model=(model, 0), memory=(memory, 0), shot=(shot, 4),
-                   processing_size="480", keep_luminance=True, key_batch=1, crf=18)
+                   processing_size="480", keep_luminance=True, key_batch=1, crf=18, done_shot="skip")
+    # Previews fed from Render Shot, not from the image model: an output node on the image model's picture
+    # would run the image model on every prompt, which Render Shot's lazy memory input exists to avoid.
+    g.add("PreviewImage", "Exemplar of the shot", images=(render, 2))
     g.add("PreviewImage", "Match confidence of the shot", images=(render, 1))
     return g
 

@@ -142,7 +142,7 @@ def test_staleness_follows_content_not_time(rendered, golden_checkpoint, tmp_pat
     assert [s.state for s in moved.status()] == ["done", "stale", "done"]
     segment = copy / "segments" / "000022.mp4"
     segment.write_bytes(segment.read_bytes()[:-100])                   # truncated: never done
-    assert [s.state for s in moved.status()][2] == "stale"
+    assert [s.state for s in moved.status()][2] == "damaged"
 
 
 @pytest.mark.slow
@@ -174,14 +174,12 @@ KILLER = textwrap.dedent("""
     if moment == "mid_shot":
         from colormnet_core.film import render
         render.VideoWriter.write = die_after(render.VideoWriter.write)
-    elif moment == "before_record":
-        from colormnet_core.film import records
-        original = records.write_json
-        def write_json(path, data):
-            if path.parent.name == "records":
+    elif moment == "before_record":     # the segment has its final name, its record is not written yet
+        from colormnet_core.film import commit
+        def die(step, index):
+            if step == "renamed":
                 os.kill(os.getpid(), signal.SIGKILL)
-            return original(path, data)
-        records.write_json = write_json
+        commit.fault_hook = die
     elif moment == "assemble":
         from colormnet_core.film import assemble
         assemble._AudioCopy.mux_until = die_after(assemble._AudioCopy.mux_until)
@@ -238,10 +236,10 @@ def fresh(tmp_path, clip):
 def test_a_changed_source_is_named_and_nothing_is_overwritten(fresh, tmp_path):
     before = (fresh.dir / "film.json").read_bytes()
     make_shot_clip(fresh.source, shots=(12, 10, 12))
-    with pytest.raises(FilmError, match=r"changed since `film init`: bytes was \d+, now \d+"):
+    with pytest.raises(FilmError, match=r"changed since the project was made: bytes was \d+, now \d+"):
         FilmProject.open(fresh.dir)
     make_shot_clip(fresh.source, shots=(12, 10, 11), gop=4)          # same length, other encoding
-    with pytest.raises(FilmError, match="changed since `film init`.*Nothing was overwritten"):
+    with pytest.raises(FilmError, match="changed since the project was made.*Nothing was overwritten"):
         FilmProject.open(fresh.dir)
     assert (fresh.dir / "film.json").read_bytes() == before
     fresh.source.unlink()
@@ -282,9 +280,12 @@ def test_save_exemplar_pins_a_picture_and_replaces_the_old_one(fresh):
     shutil.copy(fresh.keyframe_path(1), fresh.dir / "exemplars" / "12.jpg")
     import torch
 
+    replaced = (fresh.dir / "exemplars" / "12.jpg").read_bytes()
     path = fresh.save_exemplar(12, torch.zeros(3, 8, 8, dtype=torch.uint8))
     assert path.name == "000012.png"
-    assert sorted(p.name for p in (fresh.dir / "exemplars").iterdir()) == ["000012.png"]
+    assert sorted(p.name for p in (fresh.dir / "exemplars").iterdir()) == ["000012.png", "history"]
+    (kept,) = (fresh.dir / "exemplars" / "history").iterdir()      # the replaced picture is not lost
+    assert kept.read_bytes() == replaced and kept.name.startswith("000012-") and kept.suffix == ".jpg"
     with pytest.raises(FilmError, match="frames 0-32"):
         fresh.save_exemplar(33, torch.zeros(3, 8, 8, dtype=torch.uint8))
 
@@ -317,7 +318,8 @@ def test_a_full_disk_fails_that_shot_cleanly_and_keeps_the_earlier_segments(fres
     assert film(*render_args(fresh.dir, golden_checkpoint)) == 3
     err = capsys.readouterr().err
     assert "shot 1 failed: writing shot 1's segment failed (No space left on device)" in err
-    assert "Free disk space" in err
+    assert "Free disk space" in err and "rendered 1 shot in" in err          # shot 0 only, said so
+    assert "shot 2 failed: not tried: the disk error above stopped the render" in err
     assert sorted(p.name for p in (fresh.dir / "segments").iterdir()) == ["000000.mp4"]
     assert not list((fresh.dir / "segments").glob("*.partial-*"))
     states = FilmProject.open(fresh.dir).status()
@@ -331,11 +333,11 @@ def test_assemble_lists_the_missing_shots(fresh, tmp_path, capsys):
     from colormnet_core.film import assemble_film
 
     assert film("assemble", "--project", str(fresh.dir), "--output", str(tmp_path / "x.mp4")) == 1
-    assert "no shot has been rendered yet; run `film render` first" in capsys.readouterr().err
+    assert "no shot has been rendered yet; render the shots first" in capsys.readouterr().err
     fresh.remember_settings(FilmSettings(size=SIZE), "0" * 64)
     shutil.copy(fresh.keyframe_path(0), fresh.dir / "exemplars")
-    with pytest.raises(FilmError, match=r"3 of 3 shots are not rendered.*0 \(0-11: pending\), 1 \(12-21: needs "
-                                        r"exemplar\), 2 \(22-32: needs exemplar\)"):
+    with pytest.raises(FilmError, match=r"3 of 3 shots are not rendered.*0 \(0-11: not rendered yet\), 1 \(12-21: "
+                                        r"needs an exemplar\), 2 \(22-32: needs an exemplar\)"):
         assemble_film(fresh, tmp_path / "x.mp4")
     assert not (tmp_path / "x.mp4").exists()
 

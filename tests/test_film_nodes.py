@@ -69,9 +69,12 @@ def coloured(keyframe: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.interpolate(tinted.permute(0, 3, 1, 2), size=(96, 168)).permute(0, 2, 3, 1)
 
 
-def render(nodes, film, model, memory, shot):
+def render(nodes, film, model, memory, shot, **options):
     return nodes["ColorMNetRenderShot"]().render(film, model, memory, shot, "custom", True, 1, 18, custom_size=112,
-                                                 unique_id="4")
+                                                 unique_id="4", **options)
+
+
+REDO = "redo with the new exemplar"
 
 
 def test_film_nodes_declare_help_and_the_incrementing_shot(nodes):
@@ -87,9 +90,17 @@ def test_film_nodes_declare_help_and_the_incrementing_shot(nodes):
     assert nodes["ColorMNetFilmShot"].RETURN_NAMES == ("keyframe", "frame", "first", "last", "shot")
 
 
-def test_project_names_stay_inside_the_films_folder(nodes, folders, errors):
-    for name in ("../escape", "a/b", "", ".hidden"):
+def test_project_names_stay_inside_the_films_folder_and_work_on_every_os(nodes, folders, errors):
+    for name in ("../escape", "a/b", "", ".hidden", "a:b"):
         with pytest.raises(errors.InputError, match="plain folder name"):
+            nodes["ColorMNetFilmProject"]().open_film(name, 0.2, 3)
+    for name in ("con", "NUL", "aux.film", "com1", "lpt9", "Con.txt"):
+        with pytest.raises(errors.InputError, match="device name on Windows"):
+            nodes["ColorMNetFilmProject"]().open_film(name, 0.2, 3)
+    with pytest.raises(errors.InputError, match="ends with '.'"):
+        nodes["ColorMNetFilmProject"]().open_film("film.", 0.2, 3)
+    for name in ("Le Mépris", "映画", "console", "com10"):     # letters of any script; only device names refused
+        with pytest.raises(errors.InputError, match="no film project named"):
             nodes["ColorMNetFilmProject"]().open_film(name, 0.2, 3)
     with pytest.raises(errors.InputError, match="no film project named 'new' .* connect a VIDEO"):
         nodes["ColorMNetFilmProject"]().open_film("new", 0.2, 3)
@@ -116,6 +127,66 @@ def test_project_detects_the_shots_once_and_film_shot_gives_each_keyframe(nodes,
     other = make_three_shot_clip(folders / "input" / "other.mp4", fps=10)
     with pytest.raises(errors.InputError, match="was made from .*film.mp4.* the video connected is .*other.mp4"):
         film_project(nodes, other)
+
+
+def api_prompt(memory_inputs: dict | None = None) -> dict:
+    """The part of a queued prompt Render Shot (node "15") reads: its memory input's ColorMNet Memory node."""
+    memory = {"encoded": ["13", 0], "mem_every": 5, "min_mid_term_frames": 5, "max_mid_term_frames": 10,
+              "num_prototypes": 128, "max_long_term_elements": 10000, "top_k": 30, "long_term": True,
+              "permanent_exemplars": True, **(memory_inputs or {})}
+    return {"14": {"class_type": "ColorMNetMemory", "inputs": memory},
+            "15": {"class_type": "ColorMNetRenderShot", "inputs": {"memory": ["14", 0]}}}
+
+
+def test_render_shot_asks_for_the_image_models_exemplar_only_when_the_shot_needs_one(nodes, folders):
+    """Render Shot's memory input is lazy: evaluated (the image model runs) for a shot without an exemplar in
+    the project or when done_shot says redo; a shot with one renders from it, or is skipped when done."""
+    film, _ = film_project(nodes, make_three_shot_clip(folders / "input" / "film.mp4"))
+    (model,) = nodes["ColorMNetModelLoader"]().load("fixture.safetensors", "fp32")
+    node = nodes["ColorMNetRenderShot"]
+    assert node.INPUT_TYPES()["required"]["memory"][1]["lazy"] is True
+    assert node.INPUT_TYPES()["hidden"]["prompt"] == "PROMPT"
+
+    def needs(shot, prompt=None, **options):
+        return node().check_lazy_status(film, model, None, shot, "custom", True, 1, 18, custom_size=112,
+                                        prompt=api_prompt() if prompt is None else prompt, unique_id="15", **options)
+
+    assert needs(0) == ["memory"]                                       # no exemplar yet: the image model runs
+    (film.dir / "exemplars" / "000000.png").write_bytes((film.dir / "keyframes" / "000000.png").read_bytes())
+    assert needs(0) == []                                               # rendered from the project's exemplar
+    assert needs(0, done_shot=REDO) == ["memory"]
+    assert needs(1, done_shot="revert to the previous exemplar") == []
+    assert needs(0, prompt=api_prompt({"top_k": ["20", 0]})) == ["memory"]   # a setting it cannot read here
+    assert needs(0, prompt={}) == ["memory"]
+    assert node().check_lazy_status(film, model, "memory given", 0, "480", True, 1, 18) == []
+
+
+def test_film_shot_extracts_a_missing_keyframe_again(nodes, folders):
+    film, _ = film_project(nodes, make_three_shot_clip(folders / "input" / "film.mp4"))
+    keyframe = film.dir / "keyframes" / "000006.png"
+    original = nodes["ColorMNetFilmShot"]().pick(film, 1)["result"][0]
+    keyframe.unlink()
+    again = nodes["ColorMNetFilmShot"]().pick(film, 1)["result"][0]
+    assert keyframe.is_file() and torch.equal(again, original)
+    keyframe.write_bytes(b"damaged")
+    assert torch.equal(nodes["ColorMNetFilmShot"]().pick(film, 1)["result"][0], original)
+
+
+def test_status_text_goes_to_the_prompts_own_client_only(monkeypatch):
+    """ComfyUI's send_progress_text without a sid reaches every browser; ours passes the running prompt's
+    client id (PromptServer.client_id), and sends nothing for a prompt queued without one."""
+    host = submodule("nodes.host")
+    sent = []
+    instance = SimpleNamespace(client_id="alice",
+                               send_progress_text=lambda text, node_id, sid=None: sent.append((node_id, sid, text)))
+    server = SimpleNamespace(PromptServer=SimpleNamespace(instance=instance))
+    monkeypatch.setattr(host, "_comfy", lambda name: server if name == "server" else None)
+    host.show_status("7", ["4 shots, 48 frames"])
+    host.show_text("8", ["a warning"])
+    assert sent == [("7", "alice", "4 shots, 48 frames"), ("8", "alice", "Warning: a warning")]
+    instance.client_id = None
+    host.show_status("7", ["Shot 1 of 4"])
+    assert len(sent) == 2
 
 
 def test_a_shot_past_the_last_does_nothing_and_says_how_many_there_are(nodes, folders, shown):
@@ -160,7 +231,8 @@ def test_one_prompt_per_shot_renders_the_film_then_assemble_joins_it(nodes, fold
     out = prompt(0)
     # A rendered shot changes the project: Film Project (and what it feeds) runs again on the next prompt.
     assert nodes["ColorMNetFilmProject"].IS_CHANGED(project="test film") != state
-    video, plot = out["result"]
+    video, plot, exemplar = out["result"]
+    assert exemplar.shape == (1, 96, 168, 3)                   # the exemplar the shot was rendered from
     assert probe(video.path)["frames"] == SHOT and video.path.parent == folders / "temp"
     assert plot.shape[0] == 1 and plot.shape[-1] == 3
     assert (folders / "output" / "colormnet_films" / "test film" / "exemplars" / "000000.png").is_file()
@@ -182,29 +254,50 @@ def test_one_prompt_per_shot_renders_the_film_then_assemble_joins_it(nodes, fold
     info = probe(joined.path)
     assert info["frames"] == 3 * SHOT and info["video_codec"] == "h264" and info["audio_codec"] == "aac"
     assert info["audio_bytes"] == probe(clip)["audio_bytes"]
-    # Redo one shot: a new exemplar for shot 1 re-renders exactly that shot.
+    # A new picture from the image model does not replace a done shot's exemplar unless asked to ...
     keyframe = nodes["ColorMNetFilmShot"]().pick(film, 1)["result"][0]
     before = {p.name: p.read_bytes() for p in segments.glob("*.mp4")}
     out = render(nodes, film, model, memory_with(nodes, model, coloured(keyframe).flip(-1), "6"), 1)
+    assert any("not used; set done_shot to 'redo'" in line for line in out["ui"]["text"])
+    assert {p.name: p.read_bytes() for p in segments.glob("*.mp4")} == before
+    # ... redo renders exactly that shot with it.
+    out = render(nodes, film, model, memory_with(nodes, model, coloured(keyframe).flip(-1), "6"), 1, done_shot=REDO)
     assert any("shot 1 rendered" in line for line in out["ui"]["text"])
     after = {p.name: p.read_bytes() for p in segments.glob("*.mp4")}
     assert after["000000.mp4"] == before["000000.mp4"] and after["000012.mp4"] == before["000012.mp4"]
     assert after["000006.mp4"] != before["000006.mp4"]
+    # Revert (the node option): the previous exemplar and segment come back, nothing is rendered.
+    out = render(nodes, film, model, None, 1, done_shot="revert to the previous exemplar")
+    assert any("nothing was rendered" in line for line in out["ui"]["text"])
+    assert {p.name: p.read_bytes() for p in segments.glob("*.mp4")} == before
 
 
 @pytest.mark.slow
-def test_render_shot_saves_only_the_exemplars_inside_its_shot(nodes, folders, errors):
+def test_render_shot_saves_only_the_exemplars_inside_its_shot_and_a_refusal_leaves_nothing(nodes, folders, errors,
+                                                                                           monkeypatch):
     film, _ = film_project(nodes, make_three_shot_clip(folders / "input" / "film.mp4"))
     (model,) = nodes["ColorMNetModelLoader"]().load("fixture.safetensors", "fp32")
     exemplars_dir = film.dir / "exemplars"
-    # Only an exemplar of shot 2 given to shot 0: nothing to render shot 0 from.
     keyframes = torch.rand(2, SIZE[1], SIZE[0], 3)
-    with pytest.raises(errors.InputError, match="shot 0 .*frames 0-5.* has no exemplar.*000000.png"):
+    # Only an exemplar of shot 2 given to shot 0, then one inside shot 0 but not at its first frame: refused,
+    # saying why, and nothing is written into the project.
+    with pytest.raises(errors.InputError, match=r"shot 0 \(frames 0-5\) has no exemplar for its first frame 0: "
+                                                r"pin one to frame 0.*Nothing was saved"):
         render(nodes, film, model, memory_with(nodes, model, keyframes[:1], "12"), 0)
-    assert not any(exemplars_dir.glob("*.png"))
-    out = render(nodes, film, model, memory_with(nodes, model, keyframes, "0, 12"), 0)
+    with pytest.raises(errors.InputError, match="the exemplar pinned to frame 3 colours only frames 3 on"):
+        render(nodes, film, model, memory_with(nodes, model, keyframes[:1], "3"), 0)
+    assert not [p for p in exemplars_dir.rglob("*") if p.is_file()]
+    shown = []
+    host = submodule("nodes.host")
+    monkeypatch.setattr(host, "show_text", lambda node_id, warnings, notes=(): shown.append(list(warnings)))
+    grey = torch.rand(1, 400, 150, 1).expand(-1, -1, -1, 3)      # another aspect ratio, and no colour
+    out = render(nodes, film, model, memory_with(nodes, model, torch.cat([keyframes[:1], keyframes[:1]]), "0, 12"),
+                 0)
     assert any("frame 12 is outside shot 0" in line for line in out["ui"]["text"])
     assert sorted(p.name for p in exemplars_dir.glob("*.png")) == ["000000.png"]
+    render(nodes, film, model, memory_with(nodes, model, grey, "6"), 1)
+    warnings = " ".join(shown[-1])
+    assert "shot 1: the exemplar pinned to frame 6 is 150x400" in warnings and "greyscale" in warnings
 
 
 @pytest.mark.slow
@@ -223,9 +316,12 @@ def test_cancel_mid_shot_keeps_the_previous_segment_and_leaves_no_partial(nodes,
         polls.append(1)
         return len(polls) > 2
 
+    exemplar = (film.dir / "exemplars" / "000000.png").read_bytes()
     monkeypatch.setattr(host, "interrupted", interrupted)
     with pytest.raises(errors.Cancelled):
-        render(nodes, film, model, memory_with(nodes, model, coloured(keyframe).flip(-1), "0"), 0)
-    assert sorted(p.name for p in segments.iterdir()) == ["000000.mp4"]
+        render(nodes, film, model, memory_with(nodes, model, coloured(keyframe).flip(-1), "0"), 0, done_shot=REDO)
+    assert sorted(p.name for p in segments.iterdir() if p.is_file()) == ["000000.mp4"]
     assert (segments / "000000.mp4").read_bytes() == before
     assert (film.dir / "records" / "000000.json").read_bytes() == record
+    assert (film.dir / "exemplars" / "000000.png").read_bytes() == exemplar     # the previous one still counts
+    assert len(list((film.dir / "exemplars" / "history").iterdir())) == 1     # the cancelled one left nothing

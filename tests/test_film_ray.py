@@ -9,6 +9,7 @@ import os
 # Before Ray is imported (it reads this once): keep 127.0.0.1 as the cluster's address.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
+import re  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import threading
@@ -109,7 +110,8 @@ def test_ray_render_equals_the_sequential_one(film, cluster, golden_checkpoint, 
     assert render(folder, golden_checkpoint, "--ray", c.address, "--shot-timeout", "300") == 0
     assert_same_film(folder, sequential)
     report = capsys.readouterr().err   # four shots on two worker processes, the network loaded once in each
-    assert "4 of 4 shots done on 2 worker process(es); the network was loaded 2 time(s)" in report
+    assert "4 of 4 shots done on 2 worker processes; the network was loaded 2 times" in report
+    assert report.count(", 1 attempt\n") == 4 and not list(folder.glob(".ray-probe-*"))
 
 
 def test_segments_come_back_as_bytes_without_a_shared_folder(film, cluster, golden_checkpoint, capsys):
@@ -120,7 +122,7 @@ def test_segments_come_back_as_bytes_without_a_shared_folder(film, cluster, gold
                   "--shot-timeout", "300") == 0
     assert_same_film(folder, sequential)
     # Four shots on two worker processes: each loaded the network once and kept it.
-    assert "the network was loaded 2 time(s)" in capsys.readouterr().err
+    assert "the network was loaded 2 times" in capsys.readouterr().err
 
 
 def test_a_node_lost_mid_shot_the_film_still_completes_identically(film, cluster, golden_checkpoint, capsys):
@@ -155,7 +157,11 @@ def test_a_node_lost_mid_shot_the_film_still_completes_identically(film, cluster
     lost_node = removed[0].split("-")[1]
     survivors = {m.name.split("-")[1] for m in trace.iterdir() if m.name.startswith(f"{shot}-")}
     assert survivors - {lost_node}, "the lost shot was not rendered again on the other node"
-    assert "4 of 4 shots done" in capsys.readouterr().err
+    report = capsys.readouterr().err
+    assert "4 of 4 shots done" in report
+    # The driver resubmitted the lost shot itself, so the report counts its attempts.
+    line = next(x for x in report.splitlines() if x.startswith(f"shot {shot:4d}  done"))
+    assert re.search(r", [2-9] attempts$", line), line
 
 
 def test_without_ray_the_option_says_how_to_install_it(film, golden_checkpoint, monkeypatch, capsys):

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from colormnet_core.film import FilmProject, FilmSettings, SegmentResult, plan_jobs
+from colormnet_core.film import FilmProject, FilmSettings, SegmentResult, commit_shot, plan_jobs
 from colormnet_core.film.render import sha256_of
 
 from . import golden
@@ -249,15 +249,16 @@ class FakeFilmComfy:
         project = FilmProject.open(folder)
         settings = FilmSettings(**FARM_SETTINGS)
         (job,) = plan_jobs(project, settings, FARM_CHECKPOINT, shots=[shot])
-        project.remember_settings(settings, FARM_CHECKPOINT)
         return project, job
 
     def render(self, folder: Path, shot: int) -> None:
         project, job = self.job(folder, shot)
-        with project.shot_lock(shot):
-            partial = project.partial_segment_path(job)
+
+        def copy(staged, partial):   # what Render Shot's render step would write
             shutil.copyfile(self.segments[shot], partial)
-            project.commit(job, SegmentResult(partial, sha256_of(partial), job.frames, partial.stat().st_size))
+            return SegmentResult(partial, sha256_of(partial), staged.frames, partial.stat().st_size)
+
+        commit_shot(project, job, copy)
 
     def start_and_leave(self, folder: Path, shot: int) -> None:
         # The lock is released on the way out, as the OS releases a killed process's lock.

@@ -104,6 +104,22 @@ def test_detector_streams_and_respects_min_shot_length():
         ShotDetectorConfig(threshold=0)
 
 
+def test_of_two_cuts_closer_than_min_shot_length_the_stronger_is_kept():
+    """Finding of issue 23: a false cut at frame 79 (a flash, a fast pan) suppressed the real cut at 82, so
+    the last shot's keyframe showed the previous scene. A ramp moved sideways by a fifth keeps its histogram
+    (a weak cut, score 2 x 0.16); the ramp reversed is a strong one (score 1)."""
+    ramp = torch.linspace(0, 1, 64).expand(32, 64)
+    scene_a, shifted, scene_b = ramp, ramp.roll(13, dims=1), ramp.flip(1)
+    frames = [scene_a] * 79 + [shifted] * 3 + [scene_b] * 20
+    detector = ShotDetector(ShotDetectorConfig(min_shot_length=10))
+    starts = [t for t, frame in enumerate(frames) if detector.push(frame)]
+    assert starts == [79, 82]                    # streaming: each said as it came; 82 replaces 79
+    assert detector.finish() == [Shot(0, 81), Shot(82, 101)] and detector.ignored_cuts == [79]
+    # The other way round, a weaker cut after a strong one is the one dropped.
+    frames = [scene_a] * 79 + [scene_b] * 3 + [scene_b.roll(13, dims=1)] * 20
+    assert detect_shots(frames, min_shot_length=10) == [Shot(0, 78), Shot(79, 101)]
+
+
 def test_parse_shots_and_text_round_trip():
     assert parse_shots("auto") == "auto" and parse_shots(" AUTO ") == "auto"
     assert parse_shots("none") is None and parse_shots("") is None

@@ -4,12 +4,17 @@ what changed, and assembled without re-encoding. See project.py for the folder's
 from __future__ import annotations
 
 from .assemble import assemble_film
+from .checks import check_project_name
+from .commit import Committed, commit_shot
+from .history import Reverted, ShotHistory, revert_shot, shot_history
 from .jobs import ExemplarFile, FilmSettings, ShotJob
-from .plan import ShotState, plan_jobs, shot_states
+from .plan import STATE_WORDS, ShotState, plan_jobs, shot_states
 from .project import FilmProject
 from .records import ProjectLocked
-from .render import SegmentResult, render_job
+from .render import SegmentResult, job_warnings, render_job
 from .source import FilmError, ShotSpan
 
-__all__ = ["ExemplarFile", "FilmError", "FilmProject", "FilmSettings", "ProjectLocked", "SegmentResult",
-           "ShotJob", "ShotSpan", "ShotState", "assemble_film", "plan_jobs", "render_job", "shot_states"]
+__all__ = ["STATE_WORDS", "Committed", "ExemplarFile", "FilmError", "FilmProject", "FilmSettings", "ProjectLocked",
+           "Reverted", "SegmentResult", "ShotHistory", "ShotJob", "ShotSpan", "ShotState", "assemble_film",
+           "check_project_name", "commit_shot", "job_warnings", "plan_jobs", "render_job", "revert_shot",
+           "shot_history", "shot_states"]

@@ -20,9 +20,8 @@ from pathlib import Path
 import av
 
 from ..video_file import H264_CONTAINERS, VideoReader, _AudioCopy
-from .plan import shot_states
-from .records import fsync_dir, record_of
-from .render import sha256_of
+from .plan import STATE_WORDS, shot_states
+from .records import disk_error, fsync_dir
 from .source import FilmError
 
 log = logging.getLogger(__name__)
@@ -30,7 +29,8 @@ log = logging.getLogger(__name__)
 
 def assemble_film(project, output: str | Path, *, overwrite: bool = False) -> Path:
     """Write the film (H.264 yuv420p in .mp4/.mov/.mkv, the source's audio) to `output`, atomically.
-    FilmError listing the shots that are missing or stale, or segments that do not match their record."""
+    FilmError listing the shots that are not done: missing, stale, or with a segment that does not
+    match its record (the same sha256 check `status` and `render` use, so they agree)."""
     output = Path(output)
     if output.suffix.lower() not in H264_CONTAINERS:
         raise FilmError(f"cannot write the film as {output.name}: use .mp4, .mov or .mkv.")
@@ -38,13 +38,9 @@ def assemble_film(project, output: str | Path, *, overwrite: bool = False) -> Pa
         raise FilmError(f"{output} exists; choose another name or pass --overwrite.")
     _require_all_done(project)
     segments = [project.segment_path(i) for i in range(len(project.shots))]
-    for i, segment in enumerate(segments):
-        if sha256_of(segment) != record_of(project, i)["sha256"]:
-            raise FilmError(f"shot {i}'s segment {segment.name} differs from its record (changed on disk); run "
-                            f"`film render` to redo it, then assemble again.")
-    output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f"{output.stem}.partial-{uuid.uuid4().hex[:8]}{output.suffix}")
     try:
+        output.parent.mkdir(parents=True, exist_ok=True)
         frames = _join(project, segments, partial, H264_CONTAINERS[output.suffix.lower()])
         if frames != project.frame_count:
             raise FilmError(f"the segments hold {frames} frames but the source has {project.frame_count}; "
@@ -52,6 +48,12 @@ def assemble_film(project, output: str | Path, *, overwrite: bool = False) -> Pa
         with open(partial, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(partial, output)
+    except OSError as e:
+        raise disk_error(e, output, "the assembled film") from e
+    except av.FFmpegError as e:
+        if getattr(e, "errno", None) is not None:
+            raise disk_error(OSError(e.errno, e.strerror), output, "the assembled film") from e
+        raise
     finally:
         partial.unlink(missing_ok=True)
     fsync_dir(output.parent)
@@ -61,14 +63,14 @@ def assemble_film(project, output: str | Path, *, overwrite: bool = False) -> Pa
 
 def _require_all_done(project) -> None:
     if project.settings() is None:
-        raise FilmError("no shot has been rendered yet; run `film render` first.")
+        raise FilmError("no shot has been rendered yet; render the shots first.")
     states = shot_states(project)
     waiting = [s for s in states if s.state != "done"]
     if waiting:
-        listing = ", ".join(f"{s.index} ({s.first}-{s.last}: {s.state.replace('_', ' ')})" for s in waiting[:20])
+        listing = ", ".join(f"{s.index} ({s.first}-{s.last}: {STATE_WORDS[s.state]})" for s in waiting[:20])
         more = f" and {len(waiting) - 20} more" if len(waiting) > 20 else ""
         raise FilmError(f"{len(waiting)} of {len(states)} shots are not rendered with the current settings: "
-                        f"{listing}{more}. Give the shots that need one an exemplar, run `film render`, then "
+                        f"{listing}{more}. Give the shots that need one an exemplar, render them, then "
                         f"assemble again.")
 
 

@@ -1,4 +1,4 @@
-"""`python -m colormnet_core film init|status|render|assemble`: a feature film, shot by shot.
+"""`python -m colormnet_core film init|status|render|revert|assemble`: a feature film, shot by shot.
 
 Exit status: 0 when the command did all it was asked (render: every shot is done), 3 when `render`
 left shots undone (needing an exemplar, busy in another process, or failed), 1 on an error that
@@ -12,19 +12,25 @@ import json
 import sys
 import time
 
+import torch
+
 from ..cli import add_memory_arguments, memory_from_args, pick_device
 from ..errors import Cancelled
 from ..shots import ShotDetectorConfig, parse_shots
 from .assemble import assemble_film
+from .commit import commit_shot, recover_all
 from .distributed import add_ray_arguments, render_jobs_with_ray
+from .history import revert_shot, shot_history
 from .jobs import FilmSettings
-from .plan import has_colour_source, plan_jobs, state_of
+from .plan import STATE_WORDS, STATES, has_colour_source, plan_jobs, plural, state_of
 from .project import FilmProject
 from .records import ProjectLocked
-from .render import render_job
+from .render import job_warnings, render_job
 from .source import FilmError
 
 INCOMPLETE = 3
+COUNT_WORDS = {"done": "done", "stale": "stale", "damaged": "damaged", "pending": "to render",
+               "needs_exemplar": "needing an exemplar"}
 
 
 def add_film_parser(subparsers) -> None:
@@ -48,11 +54,17 @@ def add_film_parser(subparsers) -> None:
                       help=f"frames; a cut closer than this to the previous one is ignored (default "
                            f"{defaults.min_shot_length})")
     init.set_defaults(handler=_init)
-    status = sub.add_parser("status", help="each shot's state: done, stale, pending, needs_exemplar")
+    status = sub.add_parser("status", help="each shot's state: done, stale, damaged, pending, needs_exemplar, and "
+                                           "which shots have earlier exemplars")
     status.add_argument("--project", required=True)
     status.add_argument("--json", action="store_true", help="print JSON: {\"shots\": [{index, first, last, state, "
-                                                            "keyframe}, ...]}")
+                                                            "keyframe, history}, ...]}")
     status.set_defaults(handler=_status)
+    revert = sub.add_parser("revert", help="bring back a shot's previous exemplar (and its segment, when it was "
+                                           "kept and still matches: then nothing is rendered)")
+    revert.add_argument("--project", required=True)
+    revert.add_argument("--shot", required=True, type=int, help="shot index (see `film status`)")
+    revert.set_defaults(handler=_revert)
     render = sub.add_parser("render", help="render the shots that are missing or stale")
     render.add_argument("--project", required=True)
     render.add_argument("--shots", default=None, metavar="3,7-9", help="only these shots (indices; default all)")
@@ -88,7 +100,8 @@ def _init(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         project = FilmProject.init(args.source, args.project, shots=shots, detector=detector, progress=progress)
-    print(f"{len(project.shots)} shots, {project.frame_count} frames; keyframes in {project.dir / 'keyframes'}. "
+    print(f"{plural(len(project.shots), 'shot')}, {plural(project.frame_count, 'frame')}; keyframes in "
+          f"{project.dir / 'keyframes'}. "
           f"Put a colour picture of each keyframe into {project.dir / 'exemplars'} under the same name, then run "
           f"`film render --project {project.dir}`.", file=sys.stderr)
     return 0
@@ -97,42 +110,82 @@ def _init(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     project = FilmProject.open(args.project)
     states = project.status()
+    files = project.exemplar_files()
+    histories = [shot_history(project, s.index, files) for s in states]
     if args.json:
-        print(json.dumps({"shots": [s.to_json() for s in states]}))
+        print(json.dumps({"shots": [{**s.to_json(), "history": {"earlier_exemplars": [p.name for p in h.earlier],
+                                                                 "can_revert": h.can_revert}}
+                                    for s, h in zip(states, histories)]}))
         return 0
-    counts = {name: sum(s.state == name for s in states) for name in ("done", "stale", "pending", "needs_exemplar")}
-    for s in states:
-        print(f"shot {s.index:4d}  frames {s.first}-{s.last}  {s.state}"
-              + (f"  (colour {s.keyframe})" if s.state == "needs_exemplar" else ""))
-    print(", ".join(f"{n} {name.replace('_', ' ')}" for name, n in counts.items()) + f" of {len(states)} shots")
+    counts = {name: sum(s.state == name for s in states) for name in STATES}
+    for s, history in zip(states, histories):
+        print(f"shot {s.index:4d}  frames {s.first}-{s.last}  {STATE_WORDS[s.state]}"
+              + (f"  (colour {s.keyframe})" if s.state == "needs_exemplar" else "")
+              + (f"  [history: {history.describe()}]" if history.earlier or history.can_revert else ""))
+    print(", ".join(f"{n} {COUNT_WORDS[name]}" for name, n in counts.items() if n or name == "done")
+          + f" (of {plural(len(states), 'shot')})")
     return 0
+
+
+def _revert(args: argparse.Namespace) -> int:
+    project = FilmProject.open(args.project)
+    outcome = revert_shot(project, args.shot)
+    print(outcome.message, file=sys.stderr)
+    return 0
+
+
+def _device(name: str) -> torch.device:
+    """The device `--device` names, refused in one line (before anything is written) when it is not
+    on this machine."""
+    device = pick_device(name) if name == "auto" else None
+    if device is not None:
+        return device
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FilmError(f"--device {name!r} is not a device name; use auto, cpu, cuda, cuda:1 or mps.") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise FilmError(f"--device {name}: this machine has no CUDA GPU that PyTorch can use; use --device cpu "
+                            f"(or auto), or install a CUDA build of PyTorch and the NVIDIA driver.")
+        if (device.index or 0) >= count:
+            raise FilmError(f"--device {name}: this machine has {plural(count, 'CUDA GPU')} (cuda:0-cuda:"
+                            f"{count - 1}); pick one of them.")
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise FilmError(f"--device {name}: Apple's MPS is not available here; use --device cpu or auto.")
+    return device
 
 
 def _render(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model, sha256_file
     from ..download import find_checkpoint
 
-    checkpoint = find_checkpoint(args.checkpoint)
-    project = FilmProject.open(args.project)
     settings = FilmSettings(size=args.size, memory=memory_from_args(args), precision=args.dtype,
                             gamut="keep_luminance" if args.keep_luminance else "clip", crf=args.crf,
                             propagation=args.propagation)
+    device = None if args.ray else _device(args.device)
+    checkpoint = find_checkpoint(args.checkpoint)
     shots = None if args.shots is None else _indices(args.shots)
-    with project.render_lock():
+    project = FilmProject.open(args.project, check_source=False)
+    with project.render_lock():      # first: a second render refuses at once, before reading the source
+        project.check_source()
+        recover_all(project)
         checkpoint_sha256 = sha256_file(checkpoint)
         jobs = plan_jobs(project, settings, checkpoint_sha256, shots)
-        project.remember_settings(settings, checkpoint_sha256)
         needs = [job for job in jobs if not has_colour_source(job)]
         todo = [job for job in jobs if has_colour_source(job) and state_of(project, job) != "done"]
-        print(f"{len(jobs) - len(needs) - len(todo)} shots done, {len(todo)} to render, {len(needs)} need an "
-              f"exemplar", file=sys.stderr)
+        print(f"{len(jobs) - len(needs) - len(todo)} done, {len(todo)} to render, {len(needs)} needing an "
+              f"exemplar (of {plural(len(jobs), 'shot')})", file=sys.stderr)
+        for job in todo:
+            for warning in job_warnings(job):
+                print(f"warning: {warning}", file=sys.stderr)
         failed, busy = [], []
         if todo and args.ray:
             code = render_jobs_with_ray(project, todo, args, checkpoint, failed, busy)
             if code:
                 return code
         elif todo:
-            device = pick_device(args.device)
             network = load_model(checkpoint, device=device)
             code = _render_jobs(project, todo, network, device, args.key_batch, failed, busy)
             if code:
@@ -145,8 +198,8 @@ def _render(args: argparse.Namespace) -> int:
     for job, reason in failed:
         print(f"shot {job.index} failed: {reason}", file=sys.stderr)
     if needs or busy or failed:
-        print(f"the film is incomplete: {len(needs)} shots need an exemplar, {len(busy)} busy, {len(failed)} failed",
-              file=sys.stderr)
+        print(f"the film is incomplete: {len(needs)} needing an exemplar, {len(busy)} busy, {len(failed)} failed "
+              f"(of {plural(len(jobs), 'shot')})", file=sys.stderr)
         return INCOMPLETE
     print(f"every shot is done; `film assemble --project {project.dir} --output FILM.mp4` joins them",
           file=sys.stderr)
@@ -158,35 +211,38 @@ def _render_jobs(project, todo, network, device, key_batch, failed, busy) -> int
     from tqdm import tqdm
 
     started = time.perf_counter()
+    rendered = 0
+
+    def render(job, partial):
+        return render_job(job, network, out_path=partial, device=device, key_batch=key_batch,
+                          on_frame=lambda _: bar.update(1))
+
     with tqdm(total=sum(job.frames for job in todo), unit="frame", file=sys.stderr, desc="film") as bar:
         for number, job in enumerate(todo, 1):
             bar.set_postfix_str(f"shot {job.index} ({number}/{len(todo)})")
             try:
-                with project.shot_lock(job.index):
-                    result = render_job(job, network, out_path=project.partial_segment_path(job), device=device,
-                                        key_batch=key_batch, on_frame=lambda _: bar.update(1))
-                    project.commit(job, result)
+                rendered += commit_shot(project, job, render).rendered
             except ProjectLocked:
                 busy.append(job)
                 bar.update(job.frames)
             except (KeyboardInterrupt, Cancelled):
-                print(f"\nstopped; the {number - 1} shots finished in this run are kept. Run `film render` again "
-                      f"to continue.", file=sys.stderr)
+                print(f"\nstopped; the {plural(rendered, 'shot')} finished in this run are kept. Run `film render` "
+                      f"again to continue.", file=sys.stderr)
                 return 130
             except FilmError as e:
                 failed.append((job, str(e)))
                 if isinstance(e.__cause__, OSError):   # a full disk fails every later shot the same way
+                    failed.extend((j, "not tried: the disk error above stopped the render") for j in todo[number:])
                     break
     elapsed = time.perf_counter() - started
-    done = len(todo) - len(failed) - len(busy)
-    print(f"rendered {done} shots in {elapsed:.1f} s", file=sys.stderr)
+    print(f"rendered {plural(rendered, 'shot')} in {elapsed:.1f} s", file=sys.stderr)
     return 0
 
 
 def _assemble(args: argparse.Namespace) -> int:
     project = FilmProject.open(args.project)
     path = assemble_film(project, args.output, overwrite=args.overwrite)
-    print(f"{project.frame_count} frames, {len(project.shots)} shots -> {path}", file=sys.stderr)
+    print(f"{plural(project.frame_count, 'frame')}, {plural(len(project.shots), 'shot')} -> {path}", file=sys.stderr)
     return 0
 
 

@@ -9,41 +9,47 @@ How a render is split:
   the task body is `worker.render_shot_task`, which keeps the network loaded per worker process;
 * at most `--workers` tasks are in flight; the rest wait in the driver, so a shot that finishes is
   committed (and counts as done) while the others still render;
-* the driver (this process) is the only writer of the project's records. It checks every result
-  (frame count, then `project.commit` checks the sha256 of the file it renames) before counting a
-  shot as done; a result that fails the check is rendered again, a bounded number of times.
+* the driver (this process) is the only writer of the project's records: each shot in flight is a
+  thread of the driver running `commit.commit_shot` (the same commit as `film render` and Render
+  Shot) with the Ray task as its render step, so the sha256 and frame count of what a worker made
+  are checked before the shot counts as done; a result that fails the check, or whose worker or
+  node was lost, is rendered again, at most --ray-retries times (the report counts the attempts).
 
 Where segments go (`--shared-folder auto|yes|no`). Users with a NAS mount the project on every node:
 then a worker writes its segment straight into `segments/` under a temporary name the driver chose,
 and only a sha256 crosses the network. Users without one would otherwise need a file server just for
 this, so a worker can instead send the segment's bytes back (a segment is a few MB per minute of
-film) and the driver writes them with `project.commit_bytes`. `auto` (default) decides per task: the
+film) and the driver writes them to the shot's partial file. `auto` (default) decides per task: the
 driver writes a probe file with a random token into the project, and a task that reads the same token
 at the same path writes there; any other node returns bytes. `no` also ships the inputs that live
 only on the driver (source, exemplars, checkpoint) through Ray's object store, fetched once per node.
 
-Faults. A worker process or a node that dies mid-shot makes Ray rerun the task elsewhere
-(`max_retries`, bounded by `--ray-retries`); its temporary file is never committed (its sha256 and
-frame count are checked first) and is removed. Errors in the input (a bad exemplar, a missing
-source) are not retried: the shot is reported failed and the others go on. A killed driver leaves
-only temporary files; `film render` run again renders the shots that have no valid record.
+Faults. A worker process or a node that dies mid-shot makes the driver submit the shot again
+(bounded by `--ray-retries`); its temporary file is never committed (its sha256 and frame count are
+checked first) and is removed. Errors in the input (a bad exemplar, a missing source) are not
+retried: the shot is reported failed and the others go on. A killed driver leaves only temporary
+files and its probe file; `film render` run again removes them and renders the shots that have no
+valid record.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
-import contextlib
 import logging
 import os
 import secrets
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ColorMNetError, InputError
+from ..errors import Cancelled, ColorMNetError, InputError
+from .commit import commit_shot
+from .plan import plural
 from .records import ProjectLocked
+from .source import FilmError
 
 log = logging.getLogger(__name__)
 
@@ -217,10 +223,12 @@ def _render(ray, project, jobs, args, checkpoint: Path, on_done) -> RayOutcome:
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be at least 1 (got {args.workers}).")
     device, resources = task_resources(args, ray)
-    task = ray.remote(render_shot_task).options(max_retries=max(0, args.ray_retries), retry_exceptions=False,
-                                                **resources)
+    # Ray itself does not retry (max_retries=0): the driver resubmits a shot whose worker or node was
+    # lost, so it knows how many attempts each shot took.
+    task = ray.remote(render_shot_task).options(max_retries=0, retry_exceptions=False, **resources)
     shared = getattr(args, "shared_folder", "auto")
     staged = _staged_inputs(ray, jobs, checkpoint) if shared == "no" else {}
+    clear_stale_probes(project.dir)
     probe = _Probe(project.dir) if shared != "no" else None
     spec_base = {"checkpoint": str(checkpoint), "device": device, "staged": staged,
                  "threads": args.threads or args.cpus_per_task, "key_batch": getattr(args, "key_batch", 1) or 1,
@@ -234,8 +242,25 @@ def _render(ray, project, jobs, args, checkpoint: Path, on_done) -> RayOutcome:
             probe.remove()
 
 
+def clear_stale_probes(folder: Path) -> None:
+    """Remove the probe files a killed driver left (call holding the project's render lock: then no
+    other driver of this project is running)."""
+    for leftover in folder.glob(".ray-probe-*"):
+        leftover.unlink(missing_ok=True)
+
+
+class _Attempt(FilmError):
+    """One attempt at a shot did not give a segment; `retry`: worth another attempt (a lost worker or
+    node, a timeout, a torn file) or not (an error in the input fails the same way everywhere)."""
+
+    def __init__(self, message: str, retry: bool) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
 class _Driver:
-    """Keeps at most `workers` tasks in flight, commits results, resubmits bad ones (bounded)."""
+    """One thread per shot in flight (at most `workers`), each running `commit_shot` with a Ray task as
+    its render: the shot's lock is held while the task is away, and only this process writes records."""
 
     POLL_S = 0.5
 
@@ -247,120 +272,113 @@ class _Driver:
         self.require_shared = getattr(args, "shared_folder", "auto") == "yes"
         self.on_done = on_done
         self.outcome = RayOutcome()
-        self.in_flight: dict = {}   # ref -> (job, shot, partial, submitted at, lock)
+        self.stopping = threading.Event()
+        self.live: set = set()            # refs of tasks in flight
+        self.lock = threading.Lock()      # guards live, outcome.model_loads and on_done
         self.started = time.perf_counter()
 
     def cancel_all(self) -> None:
-        """Stop the tasks still running (Ctrl-C, an error) and release their shots' locks."""
-        for ref, (*_, lock) in self.in_flight.items():
-            self.ray.cancel(ref, force=True)
-            lock.close()
-        self.in_flight.clear()
-
-    def submit(self, job, shot: ShotOutcome, in_flight: dict) -> bool:
-        """Start a task for `job` holding the shot's lock (as the in-process render does); False if
-        another process holds the lock (the shot is left to it)."""
-        lock = contextlib.ExitStack()
-        try:
-            lock.enter_context(self.project.shot_lock(job.index))
-        except ProjectLocked:
-            shot.busy, shot.error = True, "another process is rendering it"
-            return False
-        shot.attempts += 1
-        partial = self.project.partial_segment_path(job)
-        ref = self.task.remote(job.to_json(), {**self.spec_base, "partial": str(partial)})
-        in_flight[ref] = (job, shot, partial, time.monotonic(), lock)
-        return True
+        """Stop the tasks still running (Ctrl-C, an error); their threads then roll back and unlock."""
+        self.stopping.set()
+        with self.lock:
+            for ref in list(self.live):
+                self.ray.cancel(ref, force=True)
 
     def run(self, jobs) -> RayOutcome:
         shots = {job.index: ShotOutcome(job.index) for job in jobs}
         self.outcome.shots = [shots[job.index] for job in jobs]
-        pending = collections.deque(jobs)
-        in_flight = self.in_flight
-        # Every result commits a shot, fails it, or resubmits it (at most `retries` times per shot).
-        for _ in range(len(jobs) * (self.retries + 2) + 1):
-            while pending and len(in_flight) < self.workers:
-                job = pending.popleft()
-                if not self.submit(job, shots[job.index], in_flight):
-                    self.report(shots[job.index])
-            if not in_flight:
-                break
-            ref = self.next_ready(in_flight)
-            job, shot, partial, _, lock = in_flight.pop(ref)
-            with lock:
-                ok = self.finish(ref, job, shot)
-                _remove_partials(partial)   # a failed attempt's file, or one a lost attempt left before Ray's retry
-            if not ok and shot.attempts <= self.retries:
-                log.warning("shot %d: %s; rendering it again", job.index, shot.error)
-                pending.append(job)
-                continue
-            self.report(shot)
+        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="colormnet-shot")
+        try:
+            futures = [pool.submit(self.render_shot, job, shots[job.index]) for job in jobs]
+            for future in as_completed(futures):
+                future.result()
+        except BaseException:
+            self.cancel_all()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         return self.outcome
 
-    def report(self, shot: ShotOutcome) -> None:
-        shot.finished_at = time.perf_counter() - self.started
-        if self.on_done is not None:
-            self.on_done(shot)
+    def render_shot(self, job, shot: ShotOutcome) -> None:
+        """Commit one shot through `commit_shot`, attempting it up to 1 + retries times."""
+        try:
+            while not self.stopping.is_set():
+                try:
+                    commit_shot(self.project, job, lambda staged, partial: self.remote(staged, partial, shot))
+                    shot.done, shot.error = True, ""
+                    return
+                except ProjectLocked:
+                    shot.busy, shot.error = True, "another process is rendering it"
+                    return
+                except _Attempt as e:
+                    shot.error = str(e)
+                    if not e.retry or shot.attempts > self.retries:
+                        return
+                except ColorMNetError as e:   # the file is not what the worker reported: torn or replaced
+                    shot.error = str(e)
+                    if shot.attempts > self.retries:
+                        return
+                log.warning("shot %d: %s; rendering it again", job.index, shot.error)
+        finally:
+            with self.lock:
+                shot.finished_at = time.perf_counter() - self.started
+                if self.on_done is not None and not self.stopping.is_set():
+                    self.on_done(shot)
 
-    def next_ready(self, in_flight: dict):
-        """The next finished task; a task over --shot-timeout is cancelled (and then counts as failed)."""
-        while True:
-            ready, _ = self.ray.wait(list(in_flight), num_returns=1, timeout=self.POLL_S)
-            if ready:
-                return ready[0]
-            if self.shot_timeout:
-                now = time.monotonic()
-                for ref, (job, _, _, since, _) in in_flight.items():
-                    if now - since > self.shot_timeout:
-                        log.warning("shot %d: no result after %.0f s; cancelling it", job.index, now - since)
-                        self.ray.cancel(ref, force=True)
-
-    def finish(self, ref, job, shot: ShotOutcome) -> bool:
-        """Check and commit one task's result; False (with shot.error) if it was not committed."""
+    def remote(self, job, partial: Path, shot: ShotOutcome):
+        """The render step of `commit_shot`: run the shot as a Ray task and put its segment at `partial`
+        (or at the worker's own attempt name beside it, in a shared folder)."""
         from .render import SegmentResult
 
-        ray = self.ray
+        shot.attempts += 1
+        ref = self.task.remote(job.to_json(), {**self.spec_base, "partial": str(partial)})
+        with self.lock:
+            self.live.add(ref)
         try:
-            out = ray.get(ref)
+            out = self.wait(ref, job)
+        finally:
+            with self.lock:
+                self.live.discard(ref)
+        shot.host, shot.node, shot.pid, shot.seconds = out["host"], out["node"], out["pid"], out["seconds"]
+        with self.lock:
+            self.outcome.model_loads[out["pid"]] = out["loads"]
+        if out["frames"] != job.frames:
+            raise _Attempt(f"the segment has {out['frames']} frames, the shot {job.frames}", retry=True)
+        if out["shared"]:
+            return SegmentResult(Path(out["path"]), out["sha256"], out["frames"], out["bytes"])
+        if self.require_shared:
+            raise _Attempt(f"node {out['host']} does not see the project folder {self.project.dir} "
+                           f"(--shared-folder yes): mount it there, or use --shared-folder auto", retry=False)
+        with open(partial, "wb") as f:
+            f.write(out["data"])
+            f.flush()
+            os.fsync(f.fileno())
+        return SegmentResult(partial, out["sha256"], out["frames"], len(out["data"]))
+
+    def wait(self, ref, job) -> dict:
+        """The task's result; a task over --shot-timeout is cancelled. _Attempt when it gave none."""
+        ray = self.ray
+        since = time.monotonic()
+        while True:
+            ready, _ = ray.wait([ref], num_returns=1, timeout=self.POLL_S)
+            if ready:
+                break
+            if self.stopping.is_set() or (self.shot_timeout and time.monotonic() - since > self.shot_timeout):
+                if not self.stopping.is_set():
+                    log.warning("shot %d: no result after %.0f s; cancelling it", job.index, time.monotonic() - since)
+                ray.cancel(ref, force=True)
+        try:
+            return ray.get(ref)
         except ray.exceptions.TaskCancelledError:
-            shot.error = f"cancelled after --shot-timeout {self.shot_timeout:.0f} s"
-            return False
+            if self.stopping.is_set():
+                raise Cancelled("the render was stopped") from None
+            raise _Attempt(f"cancelled after --shot-timeout {self.shot_timeout:.0f} s", retry=True) from None
         except ray.exceptions.RayTaskError as e:
             cause = e.as_instanceof_cause()
-            shot.error = str(cause) if isinstance(cause, ColorMNetError) else f"{type(cause).__name__}: {cause}"
-            shot.attempts = self.retries + 1   # an error in the input fails the same way everywhere
-            return False
-        except ray.exceptions.RayError as e:   # Ray already retried the lost worker or node `retries` times
-            shot.error = f"its worker or node was lost {self.retries + 1} time(s) ({type(e).__name__})"
-            shot.attempts = self.retries + 1
-            return False
-        shot.host, shot.node, shot.pid, shot.seconds = out["host"], out["node"], out["pid"], out["seconds"]
-        self.outcome.model_loads[out["pid"]] = out["loads"]
-        expected = job.last - job.first + 1
-        try:
-            if out["frames"] != expected:
-                raise InputError(f"the segment has {out['frames']} frames, the shot {expected}")
-            if out["shared"]:
-                self.project.commit(job, SegmentResult(Path(out["path"]), out["sha256"], out["frames"],
-                                                       out["bytes"]))
-            elif self.require_shared:
-                shot.attempts = self.retries + 1
-                raise InputError(f"node {out['host']} does not see the project folder {self.project.dir} "
-                                 f"(--shared-folder yes): mount it there, or use --shared-folder auto")
-            else:
-                self.project.commit_bytes(job, out["data"], out["sha256"], out["frames"])
-        except ColorMNetError as e:   # the file is not what the worker reported: torn or replaced
-            shot.error = str(e)
-            return False
-        shot.done, shot.error = True, ""
-        return True
-
-
-def _remove_partials(partial: Path) -> None:
-    """Remove an attempt's temporary files, once its result is committed or failed (the worker adds
-    its own suffix to the driver's name, so a retry after a lost node leaves a second one)."""
-    for path in partial.parent.glob(f"{partial.stem}*{partial.suffix}"):
-        path.unlink(missing_ok=True)
+            message = str(cause) if isinstance(cause, ColorMNetError) else f"{type(cause).__name__}: {cause}"
+            raise _Attempt(message, retry=False) from None
+        except ray.exceptions.RayError as e:   # its worker process or node was lost
+            raise _Attempt(f"its worker or node was lost ({type(e).__name__})", retry=True) from None
 
 
 def _local_cpus(args) -> int | None:
@@ -397,11 +415,13 @@ def print_outcome(outcome: RayOutcome, file=None) -> None:
     file = file or sys.stderr
     for s in outcome.shots:
         where = f"{s.host} (node {s.node[:8]}, pid {s.pid})" if s.host else "-"
-        state = "done" if s.done else f"FAILED: {s.error}"
-        print(f"shot {s.index:4d}  {state}  on {where}  {s.seconds:.1f} s, {s.attempts} attempt(s)", file=file)
+        state = "done" if s.done else "busy (left to the process rendering it)" if s.busy else f"FAILED: {s.error}"
+        print(f"shot {s.index:4d}  {state}  on {where}  {s.seconds:.1f} s, {plural(s.attempts, 'attempt')}",
+              file=file)
     loads = sum(outcome.model_loads.values())
-    print(f"{len(outcome.done)} of {len(outcome.shots)} shots done on {len(outcome.model_loads)} worker "
-          f"process(es); the network was loaded {loads} time(s)", file=file)
+    print(f"{len(outcome.done)} of {plural(len(outcome.shots), 'shot')} done on "
+          f"{plural(len(outcome.model_loads), 'worker process', 'worker processes')}; the network was loaded "
+          f"{plural(loads, 'time')}", file=file)
 
 
 def render_jobs_with_ray(project, todo, args, checkpoint: Path, failed: list, busy: list) -> int:

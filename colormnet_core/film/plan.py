@@ -1,9 +1,10 @@
 """Which shots to render: shot jobs from a project, and each shot's state.
 
-States: `done` (the segment on disk was made from exactly this job), `stale` (a segment or record is
-there but made from something else: another exemplar, size, checkpoint...), `pending` (never
-rendered), `needs_exemplar` (nothing gives its first frame colours: no exemplar pinned to it and no
-reference; its keyframe is the picture to colour).
+States: `done` (the segment on disk was made from exactly this job and has the recorded sha256),
+`stale` (its record was made from something else: another exemplar, size, checkpoint...),
+`damaged` (the record matches but the segment is missing or changed on disk, or the record cannot
+be read), `pending` (never rendered), `needs_exemplar` (nothing gives its first frame colours: no
+exemplar pinned to it and no reference; its keyframe is the picture to colour).
 """
 
 from __future__ import annotations
@@ -13,10 +14,19 @@ from pathlib import Path
 from typing import Literal
 
 from .jobs import ExemplarFile, FilmSettings, ShotJob
-from .records import record_of, segment_is_done
+from .records import segment_state
 from .source import span
 
-State = Literal["done", "stale", "pending", "needs_exemplar"]
+State = Literal["done", "stale", "damaged", "pending", "needs_exemplar"]
+STATES: tuple[State, ...] = ("done", "stale", "damaged", "pending", "needs_exemplar")
+STATE_WORDS = {"done": "done", "stale": "stale (made from other exemplars, settings or checkpoint)",
+               "damaged": "damaged (its segment is missing or changed on disk, or its record unreadable)",
+               "pending": "not rendered yet", "needs_exemplar": "needs an exemplar"}
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 shot', '3 shots' ('1 worker process', '2 worker processes' with many=...)."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
 
 
 @dataclass(frozen=True)
@@ -50,9 +60,7 @@ def plan_jobs(project, settings: FilmSettings, checkpoint_sha256: str, shots: li
 def state_of(project, job: ShotJob) -> State:
     if not has_colour_source(job):
         return "needs_exemplar"
-    if segment_is_done(project, job.index, job.fingerprint):
-        return "done"
-    return "stale" if record_of(project, job.index) is not None else "pending"
+    return segment_state(project, job.index, job.fingerprint)
 
 
 def shot_states(project, settings: FilmSettings | None = None, checkpoint_sha256: str | None = None,

@@ -4,14 +4,18 @@ Layout (all names by a shot's first frame, its absolute 0-based index, six digit
 
     film.json          format version, source path and fingerprint, shots, last render's settings
     source_index.json  every frame's timestamp and the keyframes (to read one shot alone)
+    source_check.json  the source's size and times when its packets were last checked (a cache)
     keyframes/         000120.png: the first frame of every shot (what an image model colours)
     exemplars/         000120.png pins a colour picture to frame 120; reference*.png apply to every shot
+      history/         000120-<sha256 prefix>.png: every exemplar a render used or that was replaced
     segments/          000120.mp4: one H.264 segment per shot
-    records/           000120.json: the job fingerprint, sha256, size and frame count of the segment
+      history/         the previous segment and record of a shot rendered again (history.py)
+    records/           000120.json: the job fingerprint, sha256, size and frame count of the segment;
+                       000120.journal.json while a commit of that shot is under way (commit.py)
     locks/             advisory locks (see records.py)
 
-`film.json` and the index are written once, by `init`; each shot's record by whoever rendered
-that shot; so processes rendering different shots never write the same file.
+`film.json` and the index are written by `init`; the settings in film.json when a shot commits with
+other settings; each shot's record by whoever rendered that shot.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from torch import Tensor
 from ..errors import InputError
 from ..shots import Shot, ShotDetector, ShotDetectorConfig, validate_shots
 from ..video_io import read_image
+from .checks import check_shape, check_windows_name
 from .jobs import ExemplarFile, FilmSettings
-from .records import commit_bytes, commit_segment, file_lock, read_json, remove_partials, write_atomic, write_json
+from .records import file_lock, read_json, remove_partials, write_atomic, write_json
 from .source import FilmError, SourceIndex, fingerprint_source, index_source, read_frames
 
 log = logging.getLogger(__name__)
@@ -41,7 +46,12 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 _PINNED = re.compile(r"^(\d+)$")
-_FINGERPRINTS_SEEN: dict[tuple, dict] = {}     # (path, size, mtime_ns) -> fingerprint, per process
+_FINGERPRINTS_SEEN: dict[tuple, dict] = {}     # source_stat(...) -> fingerprint, per process
+def source_stat(path: Path) -> list:
+    """What changes whenever a file is written or replaced: size, mtime, ctime, inode (ctime cannot be
+    set back by tools that restore mtime)."""
+    stat = path.stat()
+    return [str(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
 
 
 class FilmProject:
@@ -63,6 +73,7 @@ class FilmProject:
         """Make a project in `folder` (new or empty) for the video `source`. shots: "auto" (detect cuts
         and cross-fades, decoding the film once), a list of `Shot`s, or None (one shot)."""
         source, folder = Path(source).resolve(), Path(folder)
+        check_windows_name(folder.resolve().name)
         if (folder / "film.json").exists():
             raise FilmError(f"{folder} is already a film project; use `film status` / `film render`, or give a "
                             f"new folder to start over.")
@@ -77,17 +88,23 @@ class FilmProject:
         else:
             found = validate_shots(shots, count)
         for sub in ("keyframes", "exemplars", "segments", "records", "locks"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
+            try:
+                (folder / sub).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                from .records import disk_error
+
+                raise disk_error(e, folder / sub, "the project folder") from e
         data = {"format": FORMAT_VERSION, "source": str(source), "source_fingerprint":
-                fingerprint_source(source, index), "shots": [[s.first, s.last] for s in found], "settings": None,
-                "checkpoint_sha256": None}
+                fingerprint_source(source, index, packets=False), "shots": [[s.first, s.last] for s in found],
+                "settings": None, "checkpoint_sha256": None}
         project = cls(folder, data, index)
         for i, shot in enumerate(found):
             if not project.keyframe_path(i).exists():
                 project._write_png(project.keyframe_path(i), next(iter(read_frames(source, index, shot.first,
                                                                                    shot.first))))
-        write_json(folder / "source_index.json", index.to_json())
-        write_json(folder / "film.json", data)      # last: a folder without it is no project yet
+        write_json(folder / "source_index.json", index.to_json(), "the source's index")
+        project._remember_source_check(data["source_fingerprint"])
+        write_json(folder / "film.json", data, "the project file")      # last: a folder without it is no project yet
         log.info("film project %s: %d frames, %d shots", folder, count, len(found))
         return project
 
@@ -96,36 +113,61 @@ class FilmProject:
         """Open a project; FilmError when it is none, of another format version, or its source changed."""
         folder = Path(folder)
         if not (folder / "film.json").is_file():
-            raise FilmError(f"{folder} is not a film project (no film.json); make one with `film init SOURCE "
-                            f"--project {folder}`.")
+            raise FilmError(f"{folder} is not a film project (no film.json); make one with the Film Project node "
+                            f"or `film init SOURCE --project {folder}`.")
         data = read_json(folder / "film.json", "the project file")
         if data.get("format") != FORMAT_VERSION:
             raise FilmError(f"{folder / 'film.json'} is format version {data.get('format')!r}, this version of "
                             f"ColorMNet reads version {FORMAT_VERSION}; use the ColorMNet version that made it, "
-                            f"or run `film init` in a new folder.")
+                            f"or make the project again in a new folder.")
+        check_shape(data, folder / "film.json")
         project = cls(folder, data, SourceIndex.from_json(read_json(folder / "source_index.json", "the index")))
+        if project.shots[-1].last != project.frame_count - 1:
+            raise FilmError(f"{folder / 'film.json'} lists shots up to frame {project.shots[-1].last} but the "
+                            f"source's index has {project.frame_count} frames; restore film.json from a backup or "
+                            f"make the project again in a new folder.")
         if check_source:
             project.check_source()
         return project
 
     def check_source(self) -> None:
-        """FilmError naming what differs when the source is gone or not the file `init` saw."""
+        """FilmError naming what differs when the source is gone or not the file the project was made
+        from. Reads the whole file (no decoding) when its size or times differ from the last check."""
         if not self.source.is_file():
             raise FilmError(f"the film's source {self.source} is gone; put it back at that path (the project "
                             f"{self.dir} refers to it).")
-        stat = self.source.stat()
+        key = tuple(source_stat(self.source))
         recorded = self.data["source_fingerprint"]
-        key = (str(self.source), stat.st_size, stat.st_mtime_ns)
-        if stat.st_size != recorded["bytes"]:
-            now = {"bytes": stat.st_size}
+        if key in _FINGERPRINTS_SEEN or self._source_check() == list(key):
+            return
+        if key[1] != recorded["bytes"]:
+            now = {"bytes": key[1]}
         else:
-            now = _FINGERPRINTS_SEEN.get(key) or fingerprint_source(self.source, self.index)
-        differs = [f"{name} was {recorded[name]}, now {now[name]}" for name in recorded
+            now = fingerprint_source(self.source, self.index)
+        differs = [_difference(name, recorded[name], now[name]) for name in recorded
                    if name in now and now[name] != recorded[name]]
         if differs:
-            raise FilmError(f"the source {self.source} changed since `film init`: {'; '.join(differs)}. Nothing "
-                            f"was overwritten. Restore the original file, or make a new project for the new one.")
+            raise FilmError(f"the source {self.source} changed since the project was made: {'; '.join(differs)}. "
+                            f"Nothing was overwritten. Restore the original file, or make a new project for the "
+                            f"new one.")
         _FINGERPRINTS_SEEN[key] = now
+        self._remember_source_check(recorded)
+
+    def _source_check(self) -> list | None:
+        try:
+            data = json.loads((self.dir / "source_check.json").read_text())
+        except (OSError, ValueError):
+            return None
+        fingerprint = hashlib.sha256(json.dumps(self.data["source_fingerprint"], sort_keys=True).encode()).hexdigest()
+        return data.get("stat") if isinstance(data, dict) and data.get("fingerprint") == fingerprint else None
+
+    def _remember_source_check(self, fingerprint: dict) -> None:
+        """Note the source's stat after a passing check (best effort: a read-only project checks every time)."""
+        digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+        try:
+            write_json(self.dir / "source_check.json", {"stat": source_stat(self.source), "fingerprint": digest})
+        except (FilmError, OSError):
+            log.debug("could not write %s", self.dir / "source_check.json", exc_info=True)
 
     # -- paths ----------------------------------------------------------------------------------
 
@@ -171,13 +213,6 @@ class FilmProject:
 
         return shot_states(self, settings, checkpoint_sha256)
 
-    def commit(self, job, result) -> dict:
-        """Make a rendered `SegmentResult` (at a partial name) shot `job.index`'s segment and record it."""
-        return commit_segment(self, job, Path(result.path), sha256=result.sha256, frames=result.frames)
-
-    def commit_bytes(self, job, data: bytes, sha256: str, frames: int) -> dict:
-        return commit_bytes(self, job, data, sha256=sha256, frames=frames)
-
     @contextlib.contextmanager
     def shot_lock(self, i: int) -> Iterator[None]:
         """Exclusive right to render shot i (ProjectLocked at once if another process has it); clears
@@ -197,13 +232,20 @@ class FilmProject:
 
     def save_exemplar(self, frame: int, rgb: Tensor) -> Path:
         """Store a colour picture (uint8 or float RGB `3 x H x W`) pinned to `frame`, replacing any
-        other picture pinned there; the render that follows sees it as the shot's exemplar."""
+        other picture pinned there (which is kept in exemplars/history/); the render that follows
+        sees it as the shot's exemplar. (Render Shot does not use this: its exemplar counts only
+        once the shot commits, see commit.py.)"""
+        from .commit import archive, working_exemplars
+
         if not 0 <= frame < self.frame_count:
             raise FilmError(f"cannot pin an exemplar to frame {frame}: the film has frames 0-{self.frame_count - 1}.")
         path = self.exemplar_path(frame)
-        self._write_png(path, rgb)
-        for other in self.dir.joinpath("exemplars").iterdir():
-            if other != path and _PINNED.match(other.stem) and int(other.stem) == frame:
+        old = working_exemplars(self, frame)
+        for other in old:
+            archive(self, other, frame)
+        write_atomic(path, png_bytes(rgb, path.name), f"the exemplar of frame {frame}")
+        for other in old:
+            if other != path:
                 other.unlink()
         return path
 
@@ -225,20 +267,43 @@ class FilmProject:
         return None if saved is None else FilmSettings.from_json(saved)
 
     def remember_settings(self, settings: FilmSettings, checkpoint_sha256: str) -> None:
-        """Record the settings a render uses, so `status` and `assemble` judge against them."""
+        """Record the settings a shot was committed with (commit.py calls this after the record), so
+        `status` and `assemble` judge against them; a render that commits nothing changes nothing."""
         if self.data.get("settings") == settings.to_json() and self.data.get("checkpoint_sha256") == checkpoint_sha256:
             return
-        self.data = {**self.data, "settings": settings.to_json(), "checkpoint_sha256": checkpoint_sha256}
-        write_json(self.dir / "film.json", self.data)
+        current = read_json(self.dir / "film.json", "the project file")   # another process may have written it
+        self.data = {**current, "settings": settings.to_json(), "checkpoint_sha256": checkpoint_sha256}
+        write_json(self.dir / "film.json", self.data, "the project file")
+
+    def keyframe(self, i: int) -> Path:
+        """Shot i's keyframe file, extracted again from the source when it is missing or unreadable."""
+        path = self.keyframe_path(self.shot_index(i))
+        if cv2.imread(str(path), cv2.IMREAD_COLOR) is None:
+            log.warning("keyframe %s missing or unreadable: extracting it again from the source", path)
+            first = self.shots[i].first
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._write_png(path, next(iter(read_frames(self.source, self.index, first, first))))
+        return path
 
     def _write_png(self, path: Path, rgb: Tensor) -> None:
-        if rgb.dtype.is_floating_point:
-            rgb = (rgb.clamp(0, 1) * 255).round().byte()
-        array = np.ascontiguousarray(rgb.permute(1, 2, 0).cpu().numpy()[:, :, ::-1])
-        ok, encoded = cv2.imencode(".png", array)
-        if not ok:
-            raise FilmError(f"could not encode {path.name} as PNG.")
-        write_atomic(path, encoded.tobytes())
+        write_atomic(path, png_bytes(rgb, path.name))
+
+
+def png_bytes(rgb: Tensor, name: str = "the picture") -> bytes:
+    """A uint8 or float [0, 1] RGB `3 x H x W` tensor as PNG file bytes."""
+    if rgb.dtype.is_floating_point:
+        rgb = (rgb.clamp(0, 1) * 255).round().byte()
+    array = np.ascontiguousarray(rgb.permute(1, 2, 0).cpu().numpy()[:, :, ::-1])
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise FilmError(f"could not encode {name} as PNG.")
+    return encoded.tobytes()
+
+
+def _difference(name: str, was, now) -> str:
+    if name == "packets_sha256":
+        return "its video packets differ (an edit or a re-encode, even of the same size)"
+    return f"{name} was {was}, now {now}"
 
 
 def scan_exemplars(folder: Path, frame_count: int) -> list[ExemplarFile]:

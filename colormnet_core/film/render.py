@@ -61,6 +61,30 @@ def shot_exemplars(job: ShotJob) -> EncodedExemplars:
         Exemplar(read_image(e.path), None if e.frame is None else e.frame - job.first) for e in job.exemplars))
 
 
+def job_warnings(job: ShotJob, extra: list[Exemplar] | tuple = ()) -> list[str]:
+    """What Colorize warns about, for a film shot: each exemplar tiny or greyscale, and each pinned one
+    of another aspect ratio than the film or not matching its frame (`exemplar_checks`). extra:
+    exemplars not in the project yet (film frame indices), replacing the job's at their frames.
+    Reads the pinned frames from the source (a seek each); never raises for a frame it cannot read."""
+    from ..exemplar_checks import check_exemplars
+    from .source import ShotSpan
+
+    def frame_at(frame: int):
+        k = frame - job.first
+        if not 0 <= k < job.frames:
+            return None
+        one = ShotSpan(job.span.seek_pts, (job.span.pts[k],), job.span.time_base, job.span.fps)
+        try:
+            return next(iter(read_span(job.source, one)))
+        except (FilmError, OSError, StopIteration):
+            return None
+
+    replaced = {e.frame for e in extra}
+    exemplars = [Exemplar(read_image(e.path), e.frame) for e in job.exemplars if e.frame not in replaced or
+                 e.frame is None] + list(extra)
+    return [f"shot {job.index}: {w}" for w in check_exemplars(exemplars, frame_at=frame_at)]
+
+
 def render_job(job: ShotJob, network, *, out_path: str | Path, device: torch.device | str | None = None,
                key_batch: int = 1, on_frame: Callable[[ColorizedFrame], bool | None] | None = None,
                should_stop: Callable[[], bool] | None = None) -> SegmentResult:

@@ -6,8 +6,11 @@ then seeks to the last keyframe at or before `first` and decodes forward from th
 near the end of a two-hour film costs at most one GOP of extra decoding, not the whole film.
 
 The fingerprint says whether the file is still the one the project was made from: its size,
-frame count, time base and rate, and a hash of a few decoded frames in the decoder's own pixel
-format (not RGB, so a different colour-conversion library cannot change it).
+frame count, time base and rate, and a sha256 of every video packet (timestamps, flags and bytes),
+taken in the same demuxing pass that makes the index, so a same-size edit anywhere in the film is
+seen. Checking it again reads the file once (no decoding); `FilmProject` does that only when the
+file's size, mtime, ctime or inode differ from those of the last check. Projects made before the
+packet hash existed are checked as they were made: a hash of three decoded frames.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import bisect
 import hashlib
 import logging
 import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -41,24 +45,32 @@ class FilmError(InputError):
 @dataclass(frozen=True)
 class SourceIndex:
     """pts: every frame's presentation time in `time_base` units, in presentation order (frame i's
-    is pts[i]); keyframes: indices of frames that start a GOP; fps: the stream's average rate."""
+    is pts[i]); keyframes: indices of frames that start a GOP; fps: the stream's average rate;
+    packets_sha256: hash of every video packet (see `packets_digest`), None for older projects."""
 
     time_base: Fraction
     fps: Fraction
     pts: tuple[int, ...]
     keyframes: tuple[int, ...]
+    packets_sha256: str | None = None
 
     @property
     def frame_count(self) -> int:
         return len(self.pts)
 
     def to_json(self) -> dict:
-        return {"time_base": str(self.time_base), "fps": str(self.fps), "pts": list(self.pts),
+        data = {"time_base": str(self.time_base), "fps": str(self.fps), "pts": list(self.pts),
                 "keyframes": list(self.keyframes)}
+        return data if self.packets_sha256 is None else {**data, "packets_sha256": self.packets_sha256}
 
     @classmethod
     def from_json(cls, data: dict) -> SourceIndex:
-        return cls(Fraction(data["time_base"]), Fraction(data["fps"]), tuple(data["pts"]), tuple(data["keyframes"]))
+        try:
+            return cls(Fraction(data["time_base"]), Fraction(data["fps"]), tuple(int(p) for p in data["pts"]),
+                       tuple(int(k) for k in data["keyframes"]), data.get("packets_sha256"))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+            raise FilmError(f"the project's source_index.json is damaged ({type(e).__name__}: {e}); make the "
+                            f"project again in a new folder (your exemplars can be copied over).") from None
 
     def keyframe_before(self, frame: int) -> int:
         """The last keyframe at or before `frame` (0 when none is known)."""
@@ -66,17 +78,60 @@ class SourceIndex:
         return self.keyframes[i] if i >= 0 else 0
 
 
-def index_source(path: Path) -> SourceIndex:
-    """Demux every video packet of `path` (no decoding) into a `SourceIndex`. FilmError for files whose
-    frames have no usable timestamps (they cannot be seeked; re-export them as mp4)."""
-    container = _open_input(path)
+def _open_video(path: Path):
+    """The container of a video file; FilmError for a still image (a PNG renamed .mp4) or no video."""
     try:
-        if not container.streams.video:
-            raise FilmError(f"{path} has no video stream; a film project needs a video file.")
+        container = _open_input(path)
+    except InputError as e:
+        raise FilmError(str(e)) from None
+    kind = container.format.name
+    if kind.endswith("_pipe") or kind.startswith("image2") or kind in ("png", "apng", "gif", "webp"):
+        container.close()
+        raise FilmError(f"{Path(path).name} is a single {kind.removesuffix('_pipe').upper()} image, not a video "
+                        f"(renamed?); a film project needs the film's video file (.mp4, .mov, .mkv...).")
+    if not container.streams.video:
+        container.close()
+        raise FilmError(f"{path} has no video stream; a film project needs a video file.")
+    return container
+
+
+def _packet_bytes(packet) -> bytes:
+    """What one packet contributes to the packet hash: timestamps, keyframe flag, size and payload."""
+    head = struct.pack("<qq?i", packet.pts if packet.pts is not None else -1,
+                       packet.dts if packet.dts is not None else -1, bool(packet.is_keyframe), packet.size)
+    return head + bytes(packet)
+
+
+def packets_digest(path: Path) -> str:
+    """sha256 of every video packet of `path` in file order (one pass, no decoding)."""
+    container = _open_video(path)
+    digest = hashlib.sha256()
+    try:
+        for packet in container.demux(container.streams.video[0]):
+            if packet.size:
+                digest.update(_packet_bytes(packet))
+    except av.FFmpegError as e:
+        return f"unreadable ({e})"
+    finally:
+        container.close()
+    return digest.hexdigest()
+
+
+def index_source(path: Path) -> SourceIndex:
+    """Demux every video packet of `path` (no decoding) into a `SourceIndex`, hashing the packets on
+    the way. FilmError for a still image, a file without video, or frames without usable timestamps
+    (they cannot be seeked; re-export them as mp4)."""
+    container = _open_video(path)
+    digest = hashlib.sha256()
+    try:
         stream = container.streams.video[0]
         time_base = stream.time_base or Fraction(1, 90000)
         fps = Fraction(stream.average_rate or stream.guessed_rate or stream.base_rate or 25)
-        entries = [(packet.pts, packet.is_keyframe) for packet in container.demux(stream) if packet.size]
+        entries = []
+        for packet in container.demux(stream):
+            if packet.size:
+                digest.update(_packet_bytes(packet))
+                entries.append((packet.pts, packet.is_keyframe))
     except av.FFmpegError as e:
         raise FilmError(f"reading {path} failed ({e}); the file is damaged. Re-export it.") from e
     finally:
@@ -89,16 +144,18 @@ def index_source(path: Path) -> SourceIndex:
     entries.sort()
     pts = tuple(p for p, _ in entries)
     keyframes = tuple(i for i, (_, key) in enumerate(entries) if key) or (0,)
-    return SourceIndex(Fraction(time_base), fps, pts, keyframes)
+    return SourceIndex(Fraction(time_base), fps, pts, keyframes, digest.hexdigest())
 
 
-def fingerprint_source(path: Path, index: SourceIndex) -> dict:
-    """The facts `FilmProject.open` compares: size, frame count, time base, fps and a hash of
-    `HASHED_FRAMES` decoded frames (first, middle, last) in the decoder's pixel format.
-
-    Checking a file against a stored index costs three seeks, not a pass over the file: the time base
-    and rate are read from the stream's header, and a file that was cut or re-encoded has another
-    size, or other frames (or none) at the stored timestamps."""
+def fingerprint_source(path: Path, index: SourceIndex, *, packets: bool = True) -> dict:
+    """The facts `FilmProject.open` compares: size, frame count, time base, fps and the packet hash
+    (`packets_digest`; with packets=False, that of `index`, made while indexing). An index without a
+    packet hash (a project made before it existed) gets the former check: a hash of `HASHED_FRAMES`
+    decoded frames (first, middle, last) in the decoder's pixel format."""
+    if index.packets_sha256 is not None:
+        return {"bytes": os.path.getsize(path), "frames": index.frame_count, "time_base": str(index.time_base),
+                "fps": str(index.fps),
+                "packets_sha256": packets_digest(path) if packets else index.packets_sha256}
     container = _open_input(path)
     try:
         stream = container.streams.video[0] if container.streams.video else None
@@ -172,14 +229,15 @@ def read_span(path: str | Path, shot: ShotSpan, *, raw: bool = False) -> Iterato
                 continue
             if frame.pts != shot.pts[done]:
                 raise FilmError(f"{path}: the frame at timestamp {shot.pts[done]} was expected but the decoder "
-                                f"gave {frame.pts}; the file changed since `film init` or is damaged. Run "
-                                f"`film init` again on the file.")
+                                f"gave {frame.pts}; the file is damaged, or changed after the project was made "
+                                f"from it. Restore the original file.")
             yield frame if raw else _rgb(frame)
             done += 1
             if done == len(shot.pts):
                 return
-        raise FilmError(f"{path} ended {len(shot.pts) - done} frame(s) before the shot's last frame; the file was "
-                        f"truncated since `film init`. Restore it, or run `film init` again.")
+        raise FilmError(f"{path} ended {len(shot.pts) - done} frame(s) before frame {len(shot.pts) - 1} of the "
+                        f"frames asked for: the file is truncated or damaged. Restore the complete file (if a "
+                        f"project was made from it, the file it was made from).")
     except av.FFmpegError as e:
         raise FilmError(f"decoding {path} failed after {done} frames of the shot ({e}); the file is damaged "
                         f"there.") from e
