@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 from .errors import InputError
 
 
+Backbone = Literal["dinov2_vits14", "dinov3_vitb16"]
+BACKBONES: tuple[str, ...] = ("dinov2_vits14", "dinov3_vitb16")
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
-    """Dimensions the official loader derives from a checkpoint (`init_hyperparameters`)."""
+    """Dimensions the official loader derives from a checkpoint (`init_hyperparameters`), and the
+    key encoder's large pretrained backbone: DINOv2 ViT-S/14 (the official release) or DINOv3
+    ViT-B/16 (CMNET2's fine-tuned checkpoints, `dinov3.py`)."""
 
     key_dim: int = 64       # C^k: channels of key and selection
     value_dim: int = 512    # C^v: channels of a value per chroma channel ("object")
     hidden_dim: int = 64    # C^h: channels of the GRU hidden state (0 = no hidden state)
+    backbone: Backbone = "dinov2_vits14"
 
     def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise InputError(f"NetworkConfig.backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}.")
         for name in ("key_dim", "value_dim"):
             if getattr(self, name) <= 0:
                 raise InputError(f"NetworkConfig.{name} must be positive, got {getattr(self, name)}.")
