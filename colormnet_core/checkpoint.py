@@ -287,14 +287,24 @@ def load_into(
     net.load_state_dict(cast, strict=True)
 
 
+FAMILIES = {"dinov2_vits14": "official ColorMNet, DINOv2 ViT-S/14 backbone",
+            "dinov3_vitb16": "CMNET2, DINOv3 ViT-B/16 backbone (fine-tuned)"}
+
+
+def describe_network(network: nn.Module) -> str:
+    """The checkpoint family and key-encoder backbone of a built network, for logs and UIs."""
+    return FAMILIES[network.config.backbone]
+
+
 def load_model(path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-    """Build a ColorMNet sized from the checkpoint, load it strictly, eval mode, on `device`."""
+    """Build a ColorMNet sized from the checkpoint (either family), load it strictly, eval mode, on `device`."""
     from .network import ColorMNet
 
     state = read_state_dict(path)
-    net = ColorMNet(infer_network_config(state))
+    config = infer_network_config(state)
+    net = ColorMNet(config)
     load_into(net, state, path=path, dtype=dtype)
-    log.info("loaded %s (%d tensors)", path, len(state))
+    log.info("loaded %s (%d tensors; %s)", path, len(state), FAMILIES[config.backbone])
     return net.eval().to(device)
 
 
