@@ -151,12 +151,17 @@ def read_backbone_folder(folder: Path) -> dict[str, Tensor]:
     check_backbone_config(folder)
     weights = folder / "model.safetensors"
     if not weights.is_file():
-        raise CheckpointError(f"{folder} has no model.safetensors; extract dinov3-vitb16.zip again ({BACKBONE_ZIP_URL}).")
+        raise CheckpointError(f"{folder} has no model.safetensors; extract dinov3-vitb16.zip again "
+                              f"({BACKBONE_ZIP_URL}).")
     try:
         return backbone_keys(load_file(str(weights), device="cpu"))
     except Exception as e:   # safetensors raises its own error types for damaged files
         raise CheckpointError(f"Cannot read {weights} ({type(e).__name__}: {str(e)[:160]}): it is truncated or "
                               f"damaged; extract dinov3-vitb16.zip again ({BACKBONE_ZIP_URL}).") from e
+
+
+class MissingBackboneError(CheckpointError):
+    """A CMNET2 `.pth` whose backbone tensors are neither in it nor in a `dinov3-vitb16/` beside it."""
 
 
 def complete_backbone(state: dict[str, Tensor], path: Path, expected: list[str]) -> dict[str, Tensor]:
@@ -172,7 +177,7 @@ def complete_backbone(state: dict[str, Tensor], path: Path, expected: list[str])
         return state
     if folder is None:
         shown = ", ".join(k[len(BACKBONE_PREFIX):] for k in missing[:3])
-        raise CheckpointError(
+        raise MissingBackboneError(
             f"{path.name} is a CMNET2 DINOv3 checkpoint without its DINOv3 ViT-B/16 backbone: {len(missing)} of "
             f"{len(expected)} backbone tensors are missing ({shown}{' ...' if len(missing) > 3 else ''}). Download "
             f"dinov3-vitb16.zip ({BACKBONE_ZIP_URL}) and extract it next to the checkpoint, so that "

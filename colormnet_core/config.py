@@ -8,7 +8,6 @@ from typing import Literal
 
 from .errors import InputError
 
-
 Backbone = Literal["dinov2_vits14", "dinov3_vitb16"]
 BACKBONES: tuple[str, ...] = ("dinov2_vits14", "dinov3_vitb16")
 

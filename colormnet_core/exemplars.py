@@ -6,8 +6,9 @@ frame), or is a reference image that is not a frame (loaded into memory before f
 any-exemplar path), or is a reference *given at* a frame (`reference=True`; CMNET2's schedule): when
 the video reaches that frame it joins working memory and a permanent memory where it is tagged
 with the frame (for proximity-weighted matching), and the frame itself is still predicted, from
-memory and without local attention, as every frame of CMNET2 goes through the any-exemplar step. Encoding a reference is independent of the video and can be reused across
-videos of the same processing size; a pinned exemplar is encoded together with its frame's
+memory and without local attention, as every frame of CMNET2 goes through the any-exemplar step.
+Encoding a reference is independent of the video and can be reused across videos of the same
+processing size; a pinned exemplar is encoded together with its frame's
 luminance when the session reaches it, exactly as the official pipeline does.
 
 An exemplar of another size than the processing size is resized to it: at the official processing

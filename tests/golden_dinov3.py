@@ -95,7 +95,8 @@ def expand(base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def folder_state(seed: int) -> dict[str, torch.Tensor]:
     """The `dinov3-vitb16/model.safetensors` of a draw: HF hub names (`layer.N`), another seed."""
     full = expand(draw_base(seed + FOLDER_SEED_OFFSET))
-    return {k[len(BACKBONE):].replace("model.layer.", "layer.", 1): v for k, v in full.items() if k.startswith(BACKBONE)}
+    return {k[len(BACKBONE):].replace("model.layer.", "layer.", 1): v
+            for k, v in full.items() if k.startswith(BACKBONE)}
 
 
 def write_release(out: Path, seed: int, *, naming: str = "model.layer", backbone_in_pth: bool = True) -> Path:

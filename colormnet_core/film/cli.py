@@ -51,7 +51,10 @@ def add_film_parser(subparsers) -> None:
     status = sub.add_parser("status", help="each shot's state: done, stale, pending, needs_exemplar")
     status.add_argument("--project", required=True)
     status.add_argument("--json", action="store_true", help="print JSON: {\"shots\": [{index, first, last, state, "
-                                                            "keyframe}, ...]}")
+                                                            "keyframe, reason}, ...]}")
+    status.add_argument("--checkpoint", default=None,
+                        help="judge the shots against this checkpoint (default: the one the last render used); "
+                             "a checkpoint of another family or release makes every rendered shot stale")
     status.set_defaults(handler=_status)
     render = sub.add_parser("render", help="render the shots that are missing or stale")
     render.add_argument("--project", required=True)
@@ -96,14 +99,21 @@ def _init(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     project = FilmProject.open(args.project)
-    states = project.status()
+    sha = None
+    if getattr(args, "checkpoint", None):
+        from ..checkpoint import sha256_file
+        from ..download import find_checkpoint
+
+        sha = sha256_file(find_checkpoint(args.checkpoint))
+    states = project.status(checkpoint_sha256=sha)
     if args.json:
         print(json.dumps({"shots": [s.to_json() for s in states]}))
         return 0
     counts = {name: sum(s.state == name for s in states) for name in ("done", "stale", "pending", "needs_exemplar")}
     for s in states:
         print(f"shot {s.index:4d}  frames {s.first}-{s.last}  {s.state}"
-              + (f"  (colour {s.keyframe})" if s.state == "needs_exemplar" else ""))
+              + (f"  (colour {s.keyframe})" if s.state == "needs_exemplar" else "")
+              + (f"  ({s.reason})" if s.reason else ""))
     print(", ".join(f"{n} {name.replace('_', ' ')}" for name, n in counts.items()) + f" of {len(states)} shots")
     return 0
 
