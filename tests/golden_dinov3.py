@@ -148,3 +148,8 @@ def expected_ab(case: str) -> dict[str, torch.Tensor]:
 
 def stages(case: str) -> dict[str, torch.Tensor]:
     return unpack_tensors(FIXTURE / case / "stages.f32.xz")
+
+
+def memory(case: str) -> dict:
+    """CMNET2's memory sizes (elements) after each frame: {"frames": [{frame, perm, work, long}], "config"}."""
+    return json.loads((FIXTURE / case / "memory.json").read_text())
