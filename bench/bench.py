@@ -6,6 +6,7 @@ runs in a fresh process; with several --repo checkouts the runs are interleaved 
         [--precision float32 bfloat16] [--key-batch 1 4] [--compile] [--repeat 3] \
         [--repo . /path/to/baseline-worktree] [--device auto] [--out bench/results.jsonl]
     python bench/bench.py ... --repo . /path/to/official-colormnet --dinov2 /path/to/dinov2   (see official.py)
+    python bench/bench.py --checkpoint OFFICIAL.safetensors CMNET2_DINOV3.pth ...   (families side by side)
 
 Frames: the blackswan clip (../shared/data/blackswan, else tests/data/blackswan or
 workflows/media/blackswan, else a synthetic clip) resized to the resolution and played back and
@@ -68,7 +69,8 @@ def measure(args) -> dict:
     first = args.warm - 1
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result = {
-        "repo": str(Path(args.repo).resolve()), "source": source, "frames": args.frames, "warm": args.warm,
+        "repo": str(Path(args.repo).resolve()), "checkpoint": Path(args.checkpoint).name,
+        "network": f"{net.config.backbone}", "source": source, "frames": args.frames, "warm": args.warm,
         "resolution": args.resolution, "size": args.size,
         "processing": "x".join(map(str, session.geometry.processing_size[::-1])), "precision": args.precision,
         "key_batch": args.key_batch, "compile": args.compile, "device": str(device),
@@ -87,7 +89,8 @@ def measure(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", required=True, nargs="+",
+                        help="one or more checkpoints (e.g. the official and a CMNET2 DINOv3 one); runs interleaved")
     parser.add_argument("--frames", type=int, nargs="+", default=[25, 100, 400])
     parser.add_argument("--warm", type=int, default=3, help="frames not timed at the start")
     parser.add_argument("--resolution", nargs="+", default=["854x480"])
@@ -108,29 +111,31 @@ def main() -> None:
     if args.single:
         args.frames, args.resolution, args.size = args.frames[0], args.resolution[0], args.size[0]
         args.precision, args.key_batch, args.repo = args.precision[0], args.key_batch[0], args.repo[0]
+        args.checkpoint = args.checkpoint[0]
         args.compile = args.compile[0] == "on"
         print(json.dumps(measure(args)))
         return
-    print("| repo | frames | input | processing | precision | key batch | compile | device | s/frame | CPU s/frame "
-          "| peak RSS MB | peak VRAM MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| repo | checkpoint | frames | input | processing | precision | key batch | compile | device | s/frame "
+          "| CPU s/frame | peak RSS MB | peak VRAM MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     runs: dict[tuple, list[dict]] = {}
-    for res, size, prec, kb, comp, n, _rep, repo in itertools.product(
+    for res, size, prec, kb, comp, n, _rep, repo, checkpoint in itertools.product(
             args.resolution, args.size, args.precision, args.key_batch, args.compile, args.frames,
-            range(args.repeat), args.repo):
-        cmd = [sys.executable, __file__, "--single", "--checkpoint", args.checkpoint, "--frames", str(n),
+            range(args.repeat), args.repo, args.checkpoint):
+        cmd = [sys.executable, __file__, "--single", "--checkpoint", checkpoint, "--frames", str(n),
                "--warm", str(args.warm), "--resolution", res, "--size", size, "--precision", prec,
                "--key-batch", str(kb), "--compile", comp, "--threads", str(args.threads), "--repo", repo,
                "--device", args.device, "--dinov2", args.dinov2]
         run = subprocess.run(cmd, capture_output=True, text=True)
-        name = Path(repo).resolve().name
+        name, ck = Path(repo).resolve().name, Path(checkpoint).name
         if run.returncode != 0:
             lines = run.stderr.strip().splitlines() or ["(no output)"]
-            print(f"| {name} | {n} | {res} | {size} | {prec} | {kb} | {comp} | failed: {lines[-1]} |", flush=True)
+            print(f"| {name} | {ck} | {n} | {res} | {size} | {prec} | {kb} | {comp} | failed: {lines[-1]} |",
+                  flush=True)
             continue
         r = json.loads(run.stdout.strip().splitlines()[-1])
-        runs.setdefault((repo, res, size, prec, kb, comp, n), []).append(r)
-        print(f"| {name} | {n} | {res} | {r['processing']} | {prec} | {kb} | {comp} | {r['device_name']} "
+        runs.setdefault((repo, ck, res, size, prec, kb, comp, n), []).append(r)
+        print(f"| {name} | {ck} | {n} | {res} | {r['processing']} | {prec} | {kb} | {comp} | {r['device_name']} "
               f"({r['threads']} threads) | {r['s_per_frame']} | {r['cpu_s_per_frame']} | {r['peak_rss_mb']:.0f} "
               f"| {r.get('peak_vram_mb', '-')} |", flush=True)
         if args.out:

@@ -1,7 +1,10 @@
 """Checkpoints: reading (.pth safely, .safetensors), the official <-> our name table, strict
 loading with errors that say what to do, and conversion to .safetensors.
 
-This is the only module where official parameter names appear.
+Two checkpoint families, told apart by their keys and shapes (never by file name): the official
+release (DINOv2 ViT-S/14 key-encoder backbone) and CMNET2's fine-tuned DINOv3 ViT-B/16 family,
+whose backbone names and backbone folder live in `checkpoint_cmnet2.py`. This is the only module,
+with that one, where official parameter names appear.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from . import checkpoint_cmnet2 as cmnet2
 from .config import NetworkConfig
 from .errors import CheckpointError
 
@@ -25,7 +29,7 @@ OFFICIAL_FILENAME = "DINOv2FeatureV6_LocalAtten_s2_154000.pth"
 OFFICIAL_URL = f"https://github.com/yyang181/colormnet/releases/download/v0.1/{OFFICIAL_FILENAME}"
 WEIGHTS_LICENSE = "CC BY-NC-SA 4.0 (non-commercial, share-alike), by the ColorMNet authors"
 HOW_TO_GET = (f"Use the official checkpoint {OFFICIAL_FILENAME} ({OFFICIAL_URL}; weights licensed "
-              f"{WEIGHTS_LICENSE}).")
+              f"{WEIGHTS_LICENSE}) or one of CMNET2's DINOv3 checkpoints ({cmnet2.CMNET2_RELEASES}).")
 
 # Official prefix -> ours; the first matching rule wins. An entry without a trailing dot is an exact key.
 PREFIX_RULES: tuple[tuple[str, str], ...] = (
@@ -82,15 +86,27 @@ def official_to_ours(name: str) -> str:
     return _rename(name, PREFIX_RULES, FUSE_RULES, _OUR_FUSES)
 
 
-def ours_to_official(name: str) -> str:
+def ours_to_official(name: str, backbone: str = "dinov2_vits14") -> str:
+    """The checkpoint name of one of our keys: official, or CMNET2's for the DINOv3 branch."""
+    if backbone == "dinov3_vitb16":
+        dinov3 = cmnet2.ours_to_cmnet2(name)
+        if dinov3 is not None:
+            return dinov3
     reverse = tuple((b, a) for a, b in PREFIX_RULES)
     name = _rename(name, reverse, (), ())
     official_fuses = ("key_encoder.fuse1.", "key_encoder.fuse2.", "key_encoder.fuse3.")
     return _rename(name, (), tuple((b, a) for a, b in FUSE_RULES), official_fuses)
 
 
+def backbone_of(state: dict[str, Tensor]) -> str:
+    """The key-encoder backbone of a state dict under our names (its DINOv3 register tokens tell)."""
+    return "dinov3_vitb16" if cmnet2.OUR_DINOV3_SENTINEL in state else "dinov2_vits14"
+
+
 def state_to_official(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {ours_to_official(k): v for k, v in state.items()}
+    """Our names -> the family's release names (official, or CMNET2's transformers >= 5 names)."""
+    backbone = backbone_of(state)
+    return {ours_to_official(k, backbone): v for k, v in state.items()}
 
 
 def sha256_file(path: str | Path) -> str:
@@ -179,7 +195,8 @@ def _unwrap(obj, path: Path) -> dict[str, Tensor]:
     for _ in range(3):   # {"state_dict": {"module.x": ...}} and similar nestings
         if isinstance(obj, dict):
             inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), dict)), None)
-            if inner is not None and OFFICIAL_SENTINEL not in obj and OUR_SENTINEL not in obj:
+            known = (OFFICIAL_SENTINEL, OUR_SENTINEL, *cmnet2.CMNET2_SENTINELS)
+            if inner is not None and not any(k in obj for k in known):
                 obj = inner
                 continue
         break
@@ -196,8 +213,10 @@ def _unwrap(obj, path: Path) -> dict[str, Tensor]:
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a ColorMNet checkpoint (.pth/.pt/.ckpt/.bin safely, or .safetensors) -> tensors under OUR names.
 
-    Accepts the official naming or ours, bare or wrapped ({"state_dict": ...}, DataParallel's
-    "module." prefix). XMem-style 4-channel value encoders get the official zero fifth channel.
+    Accepts the official naming, CMNET2's DINOv3 naming (either block naming; backbone tensors the
+    file lacks come from `dinov3-vitb16/` beside it, see `checkpoint_cmnet2`) or ours, bare or
+    wrapped ({"state_dict": ...}, {"model": ...}, DataParallel's "module." prefix). XMem-style
+    4-channel value encoders get the official zero fifth channel.
     """
     path = Path(path)
     if not path.is_file():
@@ -207,12 +226,17 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     state = _unwrap(_read_raw(path), path)
     if OFFICIAL_SENTINEL in state:
         state = {official_to_ours(k): v for k, v in state.items()}
-    elif OUR_SENTINEL not in state:
+    elif cmnet2.is_cmnet2(state):
+        state = {cmnet2.normalize_block_naming(k): v for k, v in state.items()}
+        state = cmnet2.complete_backbone(state, path, cmnet2.expected_backbone_keys())
+        state = {cmnet2.cmnet2_to_ours(k) or official_to_ours(k): v for k, v in state.items()}
+    elif OUR_SENTINEL not in state and cmnet2.OUR_DINOV3_SENTINEL not in state:
         sample = ", ".join(sorted(state)[:5])
         raise CheckpointError(
             f"{path.name} is not a ColorMNet checkpoint (another model's weights?): select or download the "
-            f"official one. It has no DINOv2 key encoder ({OFFICIAL_SENTINEL!r}); its {len(state)} tensors "
-            f"start with {sample}. File: {path}. {HOW_TO_GET}")
+            f"official one or a CMNET2 DINOv3 one. It has neither a DINOv2 key encoder ({OFFICIAL_SENTINEL!r}) "
+            f"nor CMNET2's DINOv3 one ({cmnet2.CMNET2_SENTINELS[0]!r}); its {len(state)} tensors start with "
+            f"{sample}. File: {path}. {HOW_TO_GET}")
     conv1 = state.get("value_encoder.cnn.conv1.weight")
     if conv1 is not None and conv1.dim() == 4 and conv1.shape[1] == 4:
         # Official single -> multi-object conversion: a zero "other chroma" input channel.
@@ -231,7 +255,7 @@ def infer_network_config(state: dict[str, Tensor]) -> NetworkConfig:
         raise CheckpointError(f"the checkpoint lacks {ours_to_official(e.args[0])}; it is incomplete. "
                               f"{HOW_TO_GET}") from None
     hidden = state.get("decoder.hidden_update.transform.weight")
-    return NetworkConfig(key_dim, value_dim, 0 if hidden is None else hidden.shape[0] // 3)
+    return NetworkConfig(key_dim, value_dim, 0 if hidden is None else hidden.shape[0] // 3, backbone_of(state))
 
 
 def load_into(
@@ -242,6 +266,7 @@ def load_into(
     Raises CheckpointError listing missing, unexpected and mis-shaped entries under official names.
     """
     expected = net.state_dict()
+    backbone = backbone_of(expected)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     misshaped = [(k, tuple(state[k].shape), tuple(expected[k].shape))
@@ -251,10 +276,10 @@ def load_into(
                  f"file): use the official checkpoint. File: {path}."]
         for label, items in (("missing", missing), ("unexpected", unexpected)):
             if items:
-                shown = ", ".join(ours_to_official(k) for k in items[:10])
+                shown = ", ".join(ours_to_official(k, backbone) for k in items[:10])
                 lines.append(f"  {len(items)} {label}: {shown}{' ...' if len(items) > 10 else ''}")
         if misshaped:
-            shown = "; ".join(f"{ours_to_official(k)} {a} (expected {b})" for k, a, b in misshaped[:10])
+            shown = "; ".join(f"{ours_to_official(k, backbone)} {a} (expected {b})" for k, a, b in misshaped[:10])
             lines.append(f"  {len(misshaped)} with another shape: {shown}")
         lines.append(HOW_TO_GET)
         raise CheckpointError("\n".join(lines))
@@ -262,14 +287,24 @@ def load_into(
     net.load_state_dict(cast, strict=True)
 
 
+FAMILIES = {"dinov2_vits14": "official ColorMNet, DINOv2 ViT-S/14 backbone",
+            "dinov3_vitb16": "CMNET2, DINOv3 ViT-B/16 backbone (fine-tuned)"}
+
+
+def describe_network(network: nn.Module) -> str:
+    """The checkpoint family and key-encoder backbone of a built network, for logs and UIs."""
+    return FAMILIES[network.config.backbone]
+
+
 def load_model(path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-    """Build a ColorMNet sized from the checkpoint, load it strictly, eval mode, on `device`."""
+    """Build a ColorMNet sized from the checkpoint (either family), load it strictly, eval mode, on `device`."""
     from .network import ColorMNet
 
     state = read_state_dict(path)
-    net = ColorMNet(infer_network_config(state))
+    config = infer_network_config(state)
+    net = ColorMNet(config)
     load_into(net, state, path=path, dtype=dtype)
-    log.info("loaded %s (%d tensors)", path, len(state))
+    log.info("loaded %s (%d tensors; %s)", path, len(state), FAMILIES[config.backbone])
     return net.eval().to(device)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .config import MemoryConfig
-from .errors import Cancelled
+from .errors import Cancelled, InputError
 from .exemplars import EncodedExemplars, Exemplar
 from .metrics import ShotMetrics
 from .preprocess import ProcessingSize
@@ -47,10 +47,15 @@ def add_colorize_parser(subparsers) -> None:
         "colorize", help="colorize a video or a folder of frames from colour exemplars",
         description="Colorize a grayscale video from one or more colour exemplars. IMG@N means IMG is the "
                     "colour version of frame N (0-based); IMG alone is a reference that is not a frame. "
-                    "Without --size, frames are processed at their own size, as the official pipeline does.")
+                    "Without --size, frames are processed at their own size, as the official pipeline does. "
+                    "--checkpoint takes either family: the official DINOv2 release or CMNET2's DINOv3 ones.")
     p.add_argument("--input", required=True, help="video file or folder of frames (sorted by name)")
-    p.add_argument("--exemplar", required=True, action="append", metavar="IMG[@FRAME]",
-                   help="colour exemplar; repeat for several")
+    p.add_argument("--exemplar", action="append", default=[], metavar="IMG[@FRAME]",
+                   help="colour exemplar; repeat for several. IMG@N pins frame N's output to IMG's colours")
+    p.add_argument("--reference", action="append", default=[], metavar="IMG[@FRAME]",
+                   help="CMNET2-style reference given at frame N (default 0): it joins a permanent memory tagged "
+                        "with frame N and frame N is still predicted (unlike --exemplar IMG@N, which pins it); "
+                        "repeat for several. See --proximity-bias and --memory-like-cmnet2")
     p.add_argument("--output", required=True,
                    help="output video (.mp4, .mkv, .mov: H.264 with the source's audio) or folder for PNG frames")
     p.add_argument("--checkpoint", default=None,
@@ -77,12 +82,13 @@ def add_colorize_parser(subparsers) -> None:
                         "buffered, on disk when long)")
     p.add_argument("--report", default=None, metavar="JSON",
                    help="write shots, per-frame match confidence and the frames that need an exemplar here")
-    add_memory_arguments(p)
+    add_memory_arguments(p, references=True)
     p.set_defaults(handler=run_colorize)
 
 
-def add_memory_arguments(p: argparse.ArgumentParser) -> None:
-    """The MFP memory options (defaults: the official release's); `memory_from_args` reads them."""
+def add_memory_arguments(p: argparse.ArgumentParser, *, references: bool = False) -> None:
+    """The MFP memory options (defaults: the official release's); `memory_from_args` reads them.
+    references: also the options that act on `--reference`s (proximity bias, CMNET2's sizes)."""
     mem = p.add_argument_group("memory (MFP); defaults are the official release's")
     defaults = MemoryConfig()
     mem.add_argument("--mem-every", type=int, default=defaults.mem_every, help="r: memory frame interval")
@@ -94,36 +100,58 @@ def add_memory_arguments(p: argparse.ArgumentParser) -> None:
     mem.add_argument("--no-long-term", action="store_true", help="disable long-term memory (short clips only)")
     mem.add_argument("--exemplars-not-permanent", action="store_true",
                      help="let consolidation evict exemplars like any memory frame (official behaviour)")
+    if references:
+        mem.add_argument("--proximity-bias", type=float, default=0.0, metavar="ALPHA",
+                         help="proximity-weighted matching (CMNET2): among --reference images, those given at frames "
+                              "nearer the current one get more of the references' weight; 0 = off (default), CMNET2 "
+                              "uses 0.5-0.7. Helps when similar-looking references carry different colours")
+        mem.add_argument("--memory-like-cmnet2", action="store_true",
+                         help="derive T_max, T_min, LT_max, P and r from the video's length as CMNET2 does "
+                              "(MemoryConfig.like_cmnet2); --top-k, --mem-every and --proximity-bias still apply")
 
 
-def memory_from_args(args: argparse.Namespace) -> MemoryConfig:
+def memory_from_args(args: argparse.Namespace, num_frames: int | None = None) -> MemoryConfig:
+    """The memory settings of the parsed options; num_frames: the video's length, needed by
+    --memory-like-cmnet2."""
+    proximity = getattr(args, "proximity_bias", 0.0)
+    if getattr(args, "memory_like_cmnet2", False):
+        if not num_frames:
+            raise InputError("--memory-like-cmnet2 needs the video's frame count, and this input does not tell "
+                             "it up front; give the memory flags (--max-mid-term-frames ...) instead.")
+        return MemoryConfig.like_cmnet2(num_frames, top_k=args.top_k, mem_every=args.mem_every,
+                                        proximity_bias=proximity)
     return MemoryConfig(
         mem_every=args.mem_every, top_k=args.top_k, min_mid_term_frames=args.min_mid_term_frames,
         max_mid_term_frames=args.max_mid_term_frames, num_prototypes=args.num_prototypes,
         max_long_term_elements=args.max_long_term_elements, enable_long_term=not args.no_long_term,
-        permanent_exemplars=not args.exemplars_not_permanent)
+        permanent_exemplars=not args.exemplars_not_permanent, proximity_bias=proximity)
 
 
 def run_colorize(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
+    from .checkpoint import describe_network, load_model
     from .download import find_checkpoint
 
     checkpoint = find_checkpoint(args.checkpoint)   # first: without weights nothing else matters
 
-    memory = memory_from_args(args)
+    if not args.exemplar and not args.reference:
+        raise InputError("give at least one --exemplar IMG[@FRAME] or --reference IMG[@FRAME].")
     size = ProcessingSize.parse(args.size)
     shots = parse_shots(args.shots)
     # Everything that can be wrong with the input is checked before the model loads and work starts.
     source = FrameSource(args.input)
+    memory = memory_from_args(args, source.estimated_count)
     exemplars = EncodedExemplars(tuple(
-        Exemplar(read_image(path), frame) for path, frame in map(parse_exemplar, args.exemplar)))
-    if exemplars.pinned_frames:
-        source.require_frame(max(exemplars.pinned_frames))
+        [Exemplar(read_image(path), frame) for path, frame in map(parse_exemplar, args.exemplar)]
+        + [Exemplar(read_image(path), frame, reference=True) for path, frame in map(parse_exemplar, args.reference)]))
+    given = exemplars.pinned_frames + exemplars.tagged_frames
+    if given:
+        source.require_frame(max(given))
     if isinstance(shots, list):
         source.require_frame(shots[-1].last)
     writer = FrameWriter(args.output, names=source.names, source=source, crf=args.crf, overwrite=args.overwrite)
     device = pick_device(args.device)
     network = load_model(checkpoint, device=device)
+    log.info("checkpoint %s: %s", checkpoint.name, describe_network(network))
     session = make_session(network, exemplars, memory, size=size, device=device, precision=args.dtype,
                            key_batch=args.key_batch, compile=args.compile, shots=shots, propagation=args.propagation)
     total = source.estimated_count

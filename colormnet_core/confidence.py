@@ -70,6 +70,8 @@ class MemoryConfidence:
         stats, hw = memory.stats, memory.frame_elements
         device = similarity.device
         parts = []
+        if stats.references:       # CMNET2's references given at a frame: colour sources, like exemplars
+            parts.append(torch.ones(stats.references, dtype=torch.float32, device=device))
         if stats.long_term:
             mean = self._long_term_sum / max(self._long_term_frames, 1)
             parts.append(torch.as_tensor(mean, dtype=torch.float32, device=device).expand(stats.long_term))

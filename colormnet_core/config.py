@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 from .errors import InputError
+
+Backbone = Literal["dinov2_vits14", "dinov3_vitb16"]
+BACKBONES: tuple[str, ...] = ("dinov2_vits14", "dinov3_vitb16")
 
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """Dimensions the official loader derives from a checkpoint (`init_hyperparameters`)."""
+    """Dimensions the official loader derives from a checkpoint (`init_hyperparameters`), and the
+    key encoder's large pretrained backbone: DINOv2 ViT-S/14 (the official release) or DINOv3
+    ViT-B/16 (CMNET2's fine-tuned checkpoints, `dinov3.py`)."""
 
     key_dim: int = 64       # C^k: channels of key and selection
     value_dim: int = 512    # C^v: channels of a value per chroma channel ("object")
     hidden_dim: int = 64    # C^h: channels of the GRU hidden state (0 = no hidden state)
+    backbone: Backbone = "dinov2_vits14"
 
     def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise InputError(f"NetworkConfig.backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}.")
         for name in ("key_dim", "value_dim"):
             if getattr(self, name) <= 0:
                 raise InputError(f"NetworkConfig.{name} must be positive, got {getattr(self, name)}.")
@@ -41,6 +50,7 @@ class MemoryConfig:
     max_long_term_elements: int = 10_000    # LT_max: long-term capacity in elements (pixels at stride 16)
     top_k: int = 30                         # k of the top-k softmax over memory
     permanent_exemplars: bool = True        # ours: exemplars live in a store that is never consolidated
+    proximity_bias: float = 0.0             # CMNET2's alpha: references near in time count more (0 = off)
 
     def __post_init__(self) -> None:
         if self.mem_every < 1:
@@ -62,6 +72,30 @@ class MemoryConfig:
                 f"LT_max or lower P.")
         if self.top_k < 1:
             raise InputError(f"top_k must be at least 1, got {self.top_k}.")
+        if not 0 <= self.proximity_bias <= 100:   # also rejects NaN
+            raise InputError(
+                f"proximity_bias (alpha) must be 0 (off) or a positive strength such as 0.5, got "
+                f"{self.proximity_bias}; CMNET2 uses 0.5-0.9.")
+
+    @classmethod
+    def like_cmnet2(cls, num_frames: int, *, top_k: int = 30, mem_every: int = 5,
+                    proximity_bias: float = 0.0) -> MemoryConfig:
+        """The memory sizes CMNET2's `ColorMNetRender` derives from a video of `num_frames` frames.
+
+        T_max = min(10, n), T_min = min(5, floor(T_max / 2)), r = min(mem_every, T_max), P = 128,
+        LT_max = min(1000, n) elements, XMem's first-frame pin (no permanent exemplars of ours).
+        Where CMNET2's numbers are degenerate they are raised to the nearest valid ones: T_max >= 2,
+        T_min >= 1 (videos of 1-3 frames) and LT_max >= P + 1 (videos of <= 128 frames; there CMNET2
+        consolidates once and then its pruning fails inside a bare `except`, so its working memory
+        grows without bound, which we do not copy). Neither changes a video too short to fill
+        working memory (fewer than T_max memory frames)."""
+        if num_frames < 1:
+            raise InputError(f"num_frames must be at least 1, got {num_frames}.")
+        t_max = max(2, min(10, num_frames))
+        t_min = max(1, min(5, t_max // 2))
+        return cls(mem_every=min(mem_every, t_max), max_mid_term_frames=t_max, min_mid_term_frames=t_min,
+                   num_prototypes=128, max_long_term_elements=max(129, min(1000, num_frames)), top_k=top_k,
+                   permanent_exemplars=False, proximity_bias=proximity_bias)
 
     @classmethod
     def from_official_options(cls, options: dict) -> MemoryConfig:

@@ -1,8 +1,10 @@
-"""Fetching the official weights (explicitly, never at import) and verifying them later.
+"""Fetching the weights (explicitly, never at import) and verifying them later.
 
 The official checkpoint is published by the ColorMNet authors under CC BY-NC-SA 4.0. We download
 it from the GitHub release (or a Hugging Face repo the user names), convert it to .safetensors
-under official names and record its sha256 in a sidecar file that later loads check.
+under official names and record its sha256 in a sidecar file that later loads check. CMNET2's
+DINOv3 checkpoints (same licence) come from dan64/cmnet2's releases: the .pth is checked against
+its published sha256 where one is known and converted to one standalone .safetensors.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import socket
 import threading
 import urllib.parse
 import urllib.request
+import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import OFFICIAL_FILENAME, OFFICIAL_URL, WEIGHTS_LICENSE, convert, sha256_file
+from .checkpoint_cmnet2 import BACKBONE_DIR, BACKBONE_ZIP_URL, CMNET2_RELEASES, MissingBackboneError
 from .errors import Cancelled, CheckpointError, InputError
 
 log = logging.getLogger(__name__)
@@ -254,7 +259,138 @@ def find_checkpoint(explicit: str | Path | None = None) -> Path:
     for name in (SAFETENSORS_NAME, OFFICIAL_FILENAME):
         if (folder / name).is_file():
             return folder / name
+    cmnet2 = sorted(folder.glob("DINOv3FeatureV6_LocalAtten_p*.safetensors"), reverse=True)
+    if cmnet2:   # only CMNET2 weights were downloaded: the newest release
+        return cmnet2[0]
     raise CheckpointError(
         f"no ColorMNet checkpoint found in {folder}. Download the official weights once with "
         f"`python -m colormnet_core download --accept-license` (needs a network connection; licence "
         f"{WEIGHTS_LICENSE}), or put {OFFICIAL_FILENAME} there yourself ({OFFICIAL_URL}), or pass --checkpoint PATH.")
+
+
+@dataclass(frozen=True)
+class ReleaseFile:
+    """One downloadable file: its URL, and its sha256 and size where published (None: not known; the
+    sha256 of what was downloaded is then recorded in the sidecar and checked on every later load)."""
+
+    url: str
+    sha256: str | None = None
+    size: int | None = None
+
+
+# CMNET2's DINOv3 checkpoints (dan64/cmnet2 README). p374099's and the backbone zip's sha256 and sizes
+# are the ones HAVC's installer pins, checked there against GitHub's release digests; p374099 is on
+# the v1.3.0 release (the v1.2.0 link in some READMEs points at a missing asset).
+CMNET2_CHECKPOINTS: dict[str, ReleaseFile] = {
+    "p374099": ReleaseFile(f"{CMNET2_RELEASES}/download/v1.3.0/DINOv3FeatureV6_LocalAtten_p374099.pth",
+                           "ccb635feeba003b63e9aa7d226e7de09ff0da3824f2b6709cc1b1aa163cad312", 758716232),
+    "p372402": ReleaseFile(f"{CMNET2_RELEASES}/download/v1.2.0/DINOv3FeatureV6_LocalAtten_p372402.pth"),
+    "p369412": ReleaseFile(f"{CMNET2_RELEASES}/download/v1.1.0/DINOv3FeatureV6_LocalAtten_p369412.pth"),
+}
+CMNET2_BACKBONE = ReleaseFile(BACKBONE_ZIP_URL, "9a8eecd00d326552f78df733c322868d161246c015ea10ceaee3d3036c7f61b2",
+                              318219242)
+CMNET2_LICENSE_NOTICE = (
+    "CMNET2's DINOv3 checkpoints are fine-tuned from the ColorMNet weights and carry their licence, "
+    f"{WEIGHTS_LICENSE}: https://creativecommons.org/licenses/by-nc-sa/4.0/ - no commercial use; credit the "
+    "ColorMNet authors and CMNET2 (dan64); share derivatives under the same licence. The DINOv3 backbone "
+    "inside them also falls under Meta's DINOv3 licence.")
+MODEL_CHOICES = ("official", *(f"cmnet2-dinov3-{r}" for r in CMNET2_CHECKPOINTS))
+
+
+def cmnet2_safetensors_name(release: str) -> str:
+    return f"DINOv3FeatureV6_LocalAtten_{release}.safetensors"
+
+
+def _check_sha(path: Path, expected: str | None, url: str) -> str:
+    actual = sha256_file(path)
+    if expected is not None and actual != expected:
+        raise CheckpointError(
+            f"{url} arrived with sha256 {actual[:12]}..., not the published {expected[:12]}...: the download is "
+            f"damaged or the release changed. Nothing was kept; try again, or check {CMNET2_RELEASES}.")
+    return actual
+
+
+def _extract_backbone(archive: Path, dest_dir: Path) -> None:
+    """Unpack dinov3-vitb16.zip's folder into dest_dir/dinov3-vitb16 (via a temporary folder and a
+    rename; only that folder's files, never a path outside it)."""
+    final = dest_dir / BACKBONE_DIR
+    tmp = dest_dir / f".partial-{BACKBONE_DIR}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                parts = Path(info.filename).parts
+                if info.is_dir() or ".." in parts or Path(info.filename).is_absolute():
+                    continue
+                inner = parts[1:] if parts and parts[0] == BACKBONE_DIR else parts
+                if len(inner) != 1:
+                    continue
+                with zf.open(info) as src, open(tmp / inner[0], "wb") as out:
+                    shutil.copyfileobj(src, out, CHUNK)
+        if not (tmp / "config.json").is_file() or not (tmp / "model.safetensors").is_file():
+            raise CheckpointError(f"{archive.name} holds no {BACKBONE_DIR}/config.json and model.safetensors; "
+                                  f"download it again from {CMNET2_BACKBONE.url}.")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.replace(final)
+    except zipfile.BadZipFile as e:
+        raise CheckpointError(f"{archive.name} is not a readable zip ({e}); download it again.") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def download_cmnet2(
+    dest_dir: str | Path,
+    *,
+    accept_license: bool,
+    release: str = "p374099",
+    url: str | None = None,
+    sha256: str | None = None,
+    backbone_url: str | None = None,
+    backbone_sha256: str | None = None,
+    progress: Progress | None = None,
+    timeout: float = 60.0,
+    should_stop: StopCheck | None = None,
+) -> Path:
+    """Download one of CMNET2's DINOv3 checkpoints into dest_dir as one .safetensors (whole network,
+    backbone included, CMNET2's names) + .sha256; returns its path.
+
+    The published sha256 (where known) is checked before anything is kept. The backbone folder
+    (dinov3-vitb16.zip, 318 MB) is fetched only when the .pth lacks backbone tensors (released ones
+    hold them all). url/sha256/backbone_url/backbone_sha256 override the catalogue (mirrors, tests).
+    A file already there (and matching its recorded sha256) is reused without network access."""
+    if not accept_license:
+        raise InputError(f"{CMNET2_LICENSE_NOTICE} Accept the licence to download the weights.")
+    if release not in CMNET2_CHECKPOINTS:
+        raise InputError(f"unknown CMNET2 release {release!r}: choose one of {', '.join(CMNET2_CHECKPOINTS)}.")
+    entry = CMNET2_CHECKPOINTS[release]
+    url = check_url(url or entry.url)
+    expected = sha256 if url != entry.url or sha256 else entry.sha256
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    target = dest_dir / cmnet2_safetensors_name(release)
+    if target.exists():
+        verify(target)
+        return target
+    log.info(CMNET2_LICENSE_NOTICE)
+    raw = dest_dir / f".partial-{Path(url.split('?')[0]).name or 'checkpoint.pth'}"
+    archive = dest_dir / ".partial-dinov3-vitb16.zip"
+    try:
+        _fetch_url(url, raw, progress, timeout, should_stop)
+        sha_in = _check_sha(raw, expected, url)
+        try:
+            _, sha_out = convert(raw, target, force=True)
+        except MissingBackboneError:
+            zip_url = check_url(backbone_url or CMNET2_BACKBONE.url)
+            zip_sha = backbone_sha256 if backbone_url or backbone_sha256 else CMNET2_BACKBONE.sha256
+            _fetch_url(zip_url, archive, progress, timeout, should_stop)
+            _check_sha(archive, zip_sha, zip_url)
+            _extract_backbone(archive, dest_dir)
+            _, sha_out = convert(raw, target, force=True)
+        sidecar(target).write_text(f"{sha_out}  {target.name}\nsource {url} sha256 {sha_in}"
+                                   f"{'' if expected else ' (no published sha256; recorded at download)'}\n"
+                                   f"{CMNET2_LICENSE_NOTICE}\n")
+    finally:
+        raw.unlink(missing_ok=True)
+        archive.unlink(missing_ok=True)
+    return target

@@ -3,8 +3,12 @@
 An exemplar either *is* a frame of the video in colour (pinned to its frame index: at that frame
 the output takes its chroma and the memory gets it; official first-frame path, generalised to any
 frame), or is a reference image that is not a frame (loaded into memory before frame 0; official
-any-exemplar path). Encoding a reference is independent of the video and can be reused across
-videos of the same processing size; a pinned exemplar is encoded together with its frame's
+any-exemplar path), or is a reference *given at* a frame (`reference=True`; CMNET2's schedule): when
+the video reaches that frame it joins working memory and a permanent memory where it is tagged
+with the frame (for proximity-weighted matching), and the frame itself is still predicted, from
+memory and without local attention, as every frame of CMNET2 goes through the any-exemplar step.
+Encoding a reference is independent of the video and can be reused across videos of the same
+processing size; a pinned exemplar is encoded together with its frame's
 luminance when the session reaches it, exactly as the official pipeline does.
 
 An exemplar of another size than the processing size is resized to it: at the official processing
@@ -31,10 +35,13 @@ if TYPE_CHECKING:   # the network pulls in timm; exemplars are made without it (
 @dataclass(frozen=True)
 class Exemplar:
     """image: `3 x H x W` (or `1/4 x H x W`) sRGB in [0, 1] or uint8, any size and aspect;
-    frame: the index of the video frame it is the colour version of, or None for a reference."""
+    frame: the index of the video frame it is the colour version of, or None for a reference;
+    reference: True for a CMNET2 reference given at `frame` (None: the first frame): it joins the
+    permanent memory tagged with that frame instead of pinning the frame's output."""
 
     image: Tensor
     frame: int | None = None
+    reference: bool = False
 
     def __post_init__(self) -> None:
         if self.image.dim() != 3:
@@ -50,6 +57,7 @@ class PreparedExemplar:
 
     frame: int | None
     lab: Tensor
+    reference: bool = False
     key: Tensor | None = None
     shrinkage: Tensor | None = None
     selection: Tensor | None = None
@@ -77,18 +85,24 @@ class EncodedExemplars:
     def __post_init__(self) -> None:
         if not self.exemplars:
             raise InputError("no exemplar given: add at least one colour exemplar image.")
-        pinned = [e.frame for e in self.exemplars if e.frame is not None]
+        pinned = [e.frame for e in self.exemplars if e.frame is not None and not e.reference]
         duplicates = sorted({f for f in pinned if pinned.count(f) > 1})
         if duplicates:
             raise InputError(f"several exemplars are pinned to frame(s) {duplicates}; keep one exemplar per frame.")
 
     @property
     def pinned_frames(self) -> list[int]:
-        return sorted(e.frame for e in self.exemplars if e.frame is not None)
+        return sorted(e.frame for e in self.exemplars if e.frame is not None and not e.reference)
 
     @property
     def references(self) -> list[Exemplar]:
-        return [e for e in self.exemplars if e.frame is None]
+        """Official references: not a frame, in memory before the first frame."""
+        return [e for e in self.exemplars if e.frame is None and not e.reference]
+
+    @property
+    def tagged_frames(self) -> list[int]:
+        """Frames at which CMNET2 references are given (a reference without a frame: 0)."""
+        return sorted(e.frame or 0 for e in self.exemplars if e.reference)
 
     def prepare(self, network: ColorMNet, geometry: Geometry, device: torch.device,
                 dtype: torch.dtype = torch.float32) -> list[PreparedExemplar]:
@@ -102,16 +116,21 @@ class EncodedExemplars:
     @torch.inference_mode()
     def _prepare_one(self, exemplar: Exemplar, network: ColorMNet, geometry: Geometry,
                      device: torch.device) -> PreparedExemplar:
-        name = "the reference exemplar" if exemplar.frame is None else f"the exemplar pinned to frame {exemplar.frame}"
+        name = ("the reference exemplar" if exemplar.frame is None and not exemplar.reference else
+                f"the reference given at frame {exemplar.frame or 0}" if exemplar.reference else
+                f"the exemplar pinned to frame {exemplar.frame}")
         rgb = as_rgb(exemplar.image.unsqueeze(0), name)
         if geometry.resized:
             rgb = resize(rgb, geometry.processing_size)           # ours: float, antialiased
         else:
             rgb = resize_like_official(rgb, geometry.processing_size)   # official size: PIL on 8-bit, as it does
         lab = geometry.padding.pad(normalized_lab(rgb.clamp(0, 1))).to(device)
-        if exemplar.frame is not None:
+        if exemplar.frame is not None and not exemplar.reference:
             return PreparedExemplar(exemplar.frame, lab)
+        # A reference's memory entry does not depend on the video (no deep update: the value is
+        # independent of the hidden state), so it is encoded once per geometry.
         image = lab[:, :1].expand(-1, 3, -1, -1)
         encoded = network.encode_key(image, need_shrinkage=True)
         value, _ = network.encode_value(image, encoded.features.f16, None, lab[:, 1:], deep_update=False)
-        return PreparedExemplar(None, lab, encoded.key, encoded.shrinkage, encoded.selection, value)
+        return PreparedExemplar(exemplar.frame, lab, exemplar.reference, encoded.key, encoded.shrinkage,
+                                encoded.selection, value)

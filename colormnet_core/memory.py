@@ -10,9 +10,14 @@ Stores:
 * working (WM) - the newest memory frames. When WM plus the pinned slot reaches T_max frames, its
   oldest frames are consolidated into P long-term prototypes and T_min - 1 frames stay.
 * long-term (LT) - prototypes, pruned by normalised usage to stay within LT_max elements.
+* references - CMNET2's permanent memory ("perm_mem"): references given at a frame (`add_reference`),
+  each element tagged with that frame, never consolidated or pruned, no usage counting. Only these
+  take part in proximity-weighted matching (`proximity.py`, `MemoryConfig.proximity_bias`).
 
-A read concatenates [LT, permanent, WM] (the official [LT, WM] order) and takes one top-k
-softmax over all of them.
+A read concatenates [references, LT, permanent, WM] (the official [LT, WM] order, CMNET2's
+references first as in its [perm_mem, LT, WM]: a reference also memorised as the first working
+frame has two identical copies, and which one a top-k tie keeps decides whether it is in the
+proximity group) and takes one top-k softmax over all of them.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 from torch import Tensor
 
 from .config import MemoryConfig
+from .proximity import proximity_weights
 
 # Upper bound on memory-by-query similarity entries computed at once (4 bytes each; the similarity
 # and one temporary of its size coexist); large memories are read in bands of query pixels.
@@ -167,6 +173,7 @@ class MemoryStats:
     working: int
     long_term: int
     frame_elements: int
+    references: int = 0
 
 
 @dataclass
@@ -177,6 +184,8 @@ class MFPMemory:
     on_event: MemoryEventHook | None = None
     frame_elements: int = 0                     # HW, fixed by the first insertion
     permanent: KeyValueStore = field(default_factory=lambda: KeyValueStore(count_usage=False))
+    references: KeyValueStore = field(default_factory=lambda: KeyValueStore(count_usage=False))
+    reference_tags: Tensor | None = field(default=None, init=False)       # float32 N: each element's frame
     working: KeyValueStore = field(init=False)
     long_term: KeyValueStore = field(init=False)
     last_read_similarity: Tensor | None = field(default=None, init=False)   # float32 k x n, set by read
@@ -191,7 +200,8 @@ class MFPMemory:
 
     @property
     def stats(self) -> MemoryStats:
-        return MemoryStats(self.permanent.size, self.working.size, self.long_term.size, self.frame_elements)
+        return MemoryStats(self.permanent.size, self.working.size, self.long_term.size, self.frame_elements,
+                           self.references.size)
 
     @property
     def empty(self) -> bool:
@@ -214,16 +224,31 @@ class MFPMemory:
         if self.config.enable_long_term and not permanent:
             self._consolidate_if_full(frame_index)
 
-    def read(self, key: Tensor, selection: Tensor) -> Tensor:
+    def add_reference(self, key: Tensor, shrinkage: Tensor, value: Tensor, *, tag: int) -> None:
+        """Memorise a reference given at frame `tag` in CMNET2's permanent memory (never evicted).
+        key `1 x Ck x h x w`, shrinkage `1 x 1 x h x w`, value `1 x 2 x Cv x h x w`."""
+        hw = key.shape[-2] * key.shape[-1]
+        if self.frame_elements == 0:
+            self.frame_elements = hw
+        elif hw != self.frame_elements:
+            raise ValueError(f"memory frames must share one grid: {hw} elements, not {self.frame_elements}")
+        self.references.add(key.flatten(2), shrinkage.flatten(2), None, value[0].flatten(2))
+        tags = torch.full((hw,), float(tag), device=key.device, dtype=torch.float32)
+        self.reference_tags = tags if self.reference_tags is None else torch.cat([self.reference_tags, tags])
+
+    def read(self, key: Tensor, selection: Tensor, *, frame_index: int | None = None) -> Tensor:
         """Top-k readout for a query frame: key/selection `1 x Ck x h x w` -> `1 x 2 x Cv x h x w`.
 
+        frame_index: the frame being coloured ("now" for proximity-weighted matching; the bias
+        applies only with `config.proximity_bias > 0`, references in memory and a frame index).
         Updates the usage counters (the read is not idempotent) and sets `last_read_similarity`:
         float32 `k x n`, the top-k similarities of each of the n = h*w query pixels, sorted
-        descending (k = min(top_k, memory size)), and `last_read_index`, their memory elements."""
+        descending (k = min(top_k, memory size)) and `last_read_index`, their memory elements in
+        [references, long-term, permanent, working] order."""
         h, w = key.shape[-2:]
         query = key.flatten(2)
         query_sel = selection.flatten(2)
-        stores = [s for s in (self.long_term, self.permanent, self.working) if s.size]
+        stores = [s for s in (self.references, self.long_term, self.permanent, self.working) if s.size]
         mem_key = torch.cat([s.key for s in stores], dim=-1)
         mem_shrinkage = torch.cat([s.shrinkage for s in stores], dim=-1)
         # Element-major values (N x 2Cv), so that a gathered element is one contiguous row.
@@ -232,10 +257,19 @@ class MFPMemory:
         band = max(1, min(n_query, READ_CHUNK_ELEMENTS // n_mem))
         readouts, similarities, indices = [], [], []
         usage = torch.zeros(n_mem, device=key.device, dtype=torch.float32)
+        alpha = self.config.proximity_bias
+        biased = alpha > 0 and self.references.size > 0 and frame_index is not None
+        if biased:
+            in_group = torch.zeros(n_mem, dtype=torch.bool, device=key.device)
+            in_group[:self.references.size] = True
+            distance = torch.zeros(n_mem, dtype=torch.float32, device=key.device)
+            distance[:self.references.size] = (frame_index - self.reference_tags).abs()
         for start in range(0, n_query, band):
             part = slice(start, start + band)
             top = top_k_affinity(similarity(mem_key, mem_shrinkage, query[..., part], query_sel[..., part]),
                                  self.config.top_k)
+            if biased:
+                top = top._replace(weights=proximity_weights(top.values, top.indices, in_group, distance, alpha))
             # Query-major order: each element's contributions arrive in query order, as in a row sum.
             usage.index_add_(0, top.indices[0].t().reshape(-1), top.weights[0].t().reshape(-1).float())
             readouts.append(gather_readout(mem_value_t, top))
@@ -246,7 +280,7 @@ class MFPMemory:
             s.update_usage(usage[offset:offset + s.size])
             offset += s.size
         self.last_read_similarity = torch.cat(similarities, dim=-1)   # top-k per query pixel, descending
-        self.last_read_index = torch.cat(indices, dim=-1)             # in [long-term, permanent, working] order
+        self.last_read_index = torch.cat(indices, dim=-1)             # [references, long-term, permanent, working]
         readout = torch.cat(readouts, dim=-1) if len(readouts) > 1 else readouts[0]
         return readout.view(1, 2, -1, h, w)
 

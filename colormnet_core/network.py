@@ -48,7 +48,8 @@ class KeyProjection(nn.Module):
 
 
 class ColorMNet(nn.Module):
-    """The ColorMNet network (ECCV 2024), 123,609,281 parameters with the release's dimensions.
+    """The ColorMNet network (ECCV 2024), 123,609,281 parameters with the release's dimensions
+    (DINOv2 ViT-S/14); 189,610,561 with CMNET2's DINOv3 ViT-B/16 key-encoder backbone.
 
     Inputs are in the official normalised Lab: image = L' = (L - 50)/50 replicated to 3 channels,
     chroma = (a/110, b/110); H and W multiples of 112 (see `preprocess.pad_to_multiple`).
@@ -57,7 +58,7 @@ class ColorMNet(nn.Module):
     def __init__(self, config: NetworkConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or NetworkConfig()
-        self.key_encoder = KeyEncoder()
+        self.key_encoder = KeyEncoder(config.backbone)
         self.key_proj = KeyProjection(KEY_FEATURE_DIM, config.key_dim)
         self.value_encoder = ValueEncoder(config.value_dim, config.hidden_dim)
         self.local_attention = LocalAttention(config.key_dim, 2 * config.value_dim)

@@ -104,14 +104,14 @@ def mirror_exemplars(exemplars: EncodedExemplars, first: int, last: int) -> Enco
     """Exemplars of the backward pass over frames last, last - 1, ..., first: one pinned to frame f in
     [first, last] is pinned to last - f; references are kept; exemplars pinned elsewhere dropped."""
     return EncodedExemplars(tuple(
-        Exemplar(e.image, None if e.frame is None else last - e.frame)
+        Exemplar(e.image, None if e.frame is None else last - e.frame, e.reference)
         for e in exemplars.exemplars if e.frame is None or first <= e.frame <= last))
 
 
 def shot_exemplars(exemplars: EncodedExemplars, shot: Shot) -> EncodedExemplars:
     """The exemplars of one shot, pinned frames counted from the shot's first frame; references kept."""
     return EncodedExemplars(tuple(
-        Exemplar(e.image, None if e.frame is None else e.frame - shot.first)
+        Exemplar(e.image, None if e.frame is None else e.frame - shot.first, e.reference)
         for e in exemplars.exemplars if e.frame is None or shot.holds(e.frame)))
 
 

@@ -4,6 +4,8 @@ A ResNet-50 (stages 1-3) and DINOv2 ViT-S/14 see the same input (L' replicated t
 no ImageNet normalisation). DINOv2's last four blocks are concatenated, projected and resized
 from stride 14 to stride 16, then fused into the ResNet features at strides 16, 8 and 4 by a
 cross-channel attention in which DINOv2 gives the queries and the ResNet the keys and values.
+CMNET2's checkpoints put a DINOv3 ViT-B/16 in DINOv2's place (`dinov3.py`); everything after its
+1536-channel stride-16 map is the same.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbones import DINO_DIM, DINO_LAYERS, DINO_PATCH, ResNetTrunk, build_dinov2_vits14, dinov2_intermediate_layers
+from .dinov3 import Dinov3Features
 from .winograd import Conv3x3
 
 DINO_CONCAT_DIM = DINO_DIM * len(DINO_LAYERS)   # 1536
@@ -146,12 +149,14 @@ class DinoFeatures(nn.Module):
 
 
 class KeyEncoder(nn.Module):
-    """PVGFE: image `B x 3 x H x W` (L' x 3, H and W multiples of 112) -> fused f16, f8, f4."""
+    """PVGFE: image `B x 3 x H x W` (L' x 3, H and W multiples of 112) -> fused f16, f8, f4.
 
-    def __init__(self) -> None:
+    backbone: "dinov2_vits14" (official) or "dinov3_vitb16" (CMNET2); `dino` is either branch."""
+
+    def __init__(self, backbone: str = "dinov2_vits14") -> None:
         super().__init__()
         self.cnn = ResNetTrunk("resnet50")
-        self.dino = DinoFeatures()
+        self.dino = Dinov3Features() if backbone == "dinov3_vitb16" else DinoFeatures()
         self.fuse16 = GuidedFusion(DINO_CONCAT_DIM, 1024)
         self.fuse8 = GuidedFusion(DINO_CONCAT_DIM, 512)
         self.fuse4 = GuidedFusion(DINO_CONCAT_DIM, 256)

@@ -13,6 +13,13 @@ Per frame t, counted from the run's first frame (official `InferenceCore.step` /
   none at the last frame;
 * readout = top-k memory read + LA to the last memory frame (no LA for frame 0 of the reference path);
 * at a pinned exemplar's frame the output chroma is the exemplar's.
+
+CMNET2's references given at a frame (`Exemplar(reference=True)`, its `step_AnyExemplar` with a
+reference): at that frame the reference is memorised twice, first like the official reference
+(working memory; the run's first memory frame is XMem's pinned slot) and then in the tagged
+permanent store (`MFPMemory.add_reference`, CMNET2's perm_mem); LA's last memory frame becomes
+the reference; the frame is predicted from memory without LA, with no hidden-state update (the
+hidden state is kept, zeros only if there was none) and memorised without deep update.
 """
 
 from __future__ import annotations
@@ -49,8 +56,12 @@ class ShotRun:
         self.first = first
         self.memory = MFPMemory(config, on_event=on_memory_event)
         self.tracker = MemoryConfidence(self.memory)
-        self._pinned = {p.frame: p for p in prepared if p.frame is not None}
-        self._references = [p for p in prepared if p.frame is None]
+        self._pinned = {p.frame: p for p in prepared if p.frame is not None and not p.reference}
+        self._references = [p for p in prepared if p.frame is None and not p.reference]
+        self._tagged: dict[int, list[PreparedExemplar]] = {}
+        for p in prepared:
+            if p.reference:   # given at its frame; without a frame, at the run's first frame
+                self._tagged.setdefault(first if p.frame is None else p.frame, []).append(p)
         self._autocast = autocast
         self._frame = first - 1
         self._last_mem_t = 0
@@ -74,9 +85,11 @@ class ShotRun:
         cfg, net, memory, tracker = self.config, self.stages, self.memory, self.tracker
         pinned = self._pinned.get(frame)
         references = self._references if t == 0 else []
+        tagged = self._tagged.get(frame, [])
         confidence: Tensor | float = 1.0
         sync = cfg.deep_update_every < 0
-        is_mem = ((t - self._last_mem_t >= cfg.mem_every) or pinned is not None or bool(references)) and not last
+        is_mem = ((t - self._last_mem_t >= cfg.mem_every) or pinned is not None or bool(references)
+                  or bool(tagged)) and not last
         is_deep = ((sync and is_mem) or (not sync and t - self._last_deep_t >= cfg.deep_update_every)) and not last
         is_normal = (not sync or not is_deep) and not last
         with self._autocast():
@@ -91,13 +104,24 @@ class ShotRun:
                     self._last_key, self._last_value = ref.key, ref.value
                 if pinned is None:
                     is_deep = False
+            if tagged:
+                if self._hidden is None:
+                    self._hidden = net.empty_hidden(key.features.f16)
+                for ref in tagged:
+                    before = memory.stats
+                    memory.add(ref.key, ref.shrinkage, ref.selection, ref.value, permanent=False, frame_index=frame)
+                    tracker.added(before, 1.0)
+                    memory.add_reference(ref.key, ref.shrinkage, ref.value, tag=frame)
+                    self._last_key, self._last_value = ref.key, ref.value
+                if pinned is None:
+                    is_deep = False
             if pinned is not None:
                 prediction = pinned.ab
                 self._hidden = net.empty_hidden(key.features.f16)
             else:
-                readout = memory.read(key.key, key.selection)
+                readout = memory.read(key.key, key.selection, frame_index=frame)
                 confidence = tracker.frame()
-                if not references:
+                if not references and not tagged:
                     readout = readout + net.read_short_term(key.key, self._last_key, self._last_value)
                 prediction, out = net.decode(key.features, readout, self._hidden, update_hidden=is_normal)
                 if is_normal and out.hidden is not None:
@@ -120,7 +144,7 @@ def check_colour_source(exemplars: EncodedExemplars, index: int, first: int, las
     """With a per-shot reset, shot `index` (frames first..last; last None = not known yet, e.g. a cut
     just detected) must start from an exemplar pinned to its first frame or from the references,
     like any video. Raises `InputError` naming the shot and what to do."""
-    if exemplars.references:
+    if exemplars.references or first in exemplars.tagged_frames:
         return
     if last is None:
         if first not in exemplars.pinned_frames:
@@ -131,7 +155,7 @@ def check_colour_source(exemplars: EncodedExemplars, index: int, first: int, las
                 f"run without per-shot reset.")
         return
     frames = f"frames {first}-{last}"
-    inside = [f for f in exemplars.pinned_frames if first <= f <= last]
+    inside = sorted(f for f in exemplars.pinned_frames + exemplars.tagged_frames if first <= f <= last)
     if not inside:
         raise InputError(
             f"shot {index} ({frames}) has no exemplar and there is no reference, so nothing gives it "
@@ -146,7 +170,7 @@ def check_colour_source(exemplars: EncodedExemplars, index: int, first: int, las
 
 def check_video_source(exemplars: EncodedExemplars) -> None:
     """Without a reset, frame 0 needs an exemplar pinned to it or a reference."""
-    pinned = exemplars.pinned_frames
+    pinned = sorted(exemplars.pinned_frames + exemplars.tagged_frames)
     if not exemplars.references and pinned and pinned[0] != 0:
         raise InputError(
             f"the first exemplar is pinned to frame {pinned[0]}, so frames 0-{pinned[0] - 1} have no "
@@ -201,7 +225,7 @@ class ShotBoundaries:
 
 def check_pinned_within(exemplars: EncodedExemplars, total: int) -> None:
     """InputError when an exemplar is pinned past the video's last frame."""
-    outside = [f for f in exemplars.pinned_frames if f >= total]
+    outside = sorted(f for f in exemplars.pinned_frames + exemplars.tagged_frames if f >= total)
     if outside:
         raise InputError(
             f"exemplar(s) pinned to frame(s) {outside}, but the video has {total} frames "

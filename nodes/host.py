@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 MODEL_FOLDER = "colormnet"
 FILMS_FOLDER = "colormnet_films"
 CHECKPOINT_SUFFIXES = {".pth", ".pt", ".safetensors", ".sft", ".ckpt"}
+BACKBONE_FOLDER = "dinov3-vitb16"   # CMNET2's extracted backbone zip: support files, not a checkpoint
 
 
 def _comfy(module: str):
@@ -207,10 +208,13 @@ def download_dir() -> Path:
 
 
 def list_checkpoints() -> list[str]:
+    """Checkpoint files in the model folders; not the files inside an extracted CMNET2 backbone folder
+    (dinov3-vitb16/), which the checkpoint beside it uses and which are no network of their own."""
     fp = _comfy("folder_paths")
     if fp is not None:
         register_model_folder()
-        return sorted(fp.get_filename_list(MODEL_FOLDER))
+        return sorted(n for n in fp.get_filename_list(MODEL_FOLDER)
+                      if Path(n).parts[0] != BACKBONE_FOLDER)
     found = []
     for folder in model_dirs():
         if folder.is_dir():

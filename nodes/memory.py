@@ -66,12 +66,20 @@ class ColorMNetMemory:
             "permanent_exemplars": ("BOOLEAN", {"default": True, "tooltip": "On: every exemplar stays in memory for "
                                                 "the whole video, so its colours never fade. Off: the official rule "
                                                 "(only the first exemplar is kept; later ones age out like frames)."}),
+        }, "optional": {
+            "proximity_bias": ("FLOAT", {"default": d.proximity_bias, "min": 0.0, "max": 10.0, "step": 0.05,
+                                         "tooltip": "Proximity-weighted matching (CMNET2): among exemplars loaded with "
+                                         "role 'reference', those given at frames nearer the current one take more "
+                                         "of the references' weight; the references' total weight is unchanged. "
+                                         "Helps when similar-looking references carry different colours (greyish "
+                                         "results). 0 = off (default, official behaviour); CMNET2 uses 0.5-0.7. "
+                                         "No effect on pinned exemplars."}),
         }}
 
     def build(self, encoded, mem_every, min_mid_term_frames, max_mid_term_frames, num_prototypes,
-              max_long_term_elements, top_k, long_term, permanent_exemplars):
+              max_long_term_elements, top_k, long_term, permanent_exemplars, proximity_bias=0.0):
         config = MemoryConfig(
             mem_every=mem_every, min_mid_term_frames=min_mid_term_frames, max_mid_term_frames=max_mid_term_frames,
             num_prototypes=num_prototypes, max_long_term_elements=max_long_term_elements, top_k=top_k,
-            enable_long_term=long_term, permanent_exemplars=permanent_exemplars)
+            enable_long_term=long_term, permanent_exemplars=permanent_exemplars, proximity_bias=proximity_bias)
         return (MemorySeed(config, encoded),)

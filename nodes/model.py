@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..colormnet_core.config import auto_precision, working_precision
+from ..colormnet_core.download import MODEL_CHOICES
 from ..colormnet_core.errors import CheckpointError
 from . import host
 from .search import SEARCH_ALIASES
@@ -61,6 +62,7 @@ class ColorMNetModel:
 
     path: Path
     precision: str = "auto"
+    family: str = ""          # e.g. "CMNET2, DINOv3 ViT-B/16 backbone (fine-tuned)"
 
     def network(self, device: torch.device):
         """The loaded network, moved to `device` (eval mode, float32 weights)."""
@@ -74,6 +76,17 @@ class ColorMNetModel:
         if cached is not None:
             cached[1].to(host.offload_device())
         host.soft_empty_cache()
+
+
+def _loaded(path: Path, precision: str, node_id) -> ColorMNetModel:
+    """Load (every problem with the file surfaces on the calling node; the file is read once) and say on
+    the node which family and backbone it holds."""
+    from ..colormnet_core.checkpoint import describe_network
+
+    family = describe_network(load_cached(path))
+    host.show_status(node_id, [f"{path.name}: {family}"])
+    log.info("ColorMNet: %s is %s", path.name, family)
+    return ColorMNetModel(path, precision, family)
 
 
 def _missing_message(name: str) -> str:
@@ -91,9 +104,11 @@ class ColorMNetModelLoader:
     CATEGORY = "ColorMNet"
     SEARCH_ALIASES = SEARCH_ALIASES
     DESCRIPTION = ("Loads a ColorMNet checkpoint from models/colormnet (.pth or .safetensors, recognised by "
-                   "content) and checks it fully here: keys, shapes and the sha256 recorded at download. The "
-                   "model stays cached between runs and is moved off the GPU after each use. "
-                   "ColorMNet colorizes (colourises) black-and-white video from colour exemplars.")
+                   "content) and checks it fully here: keys, shapes and the sha256 recorded at download. Two "
+                   "families: the official release (DINOv2 backbone) and CMNET2's fine-tuned DINOv3 checkpoints "
+                   "(a CMNET2 .pth without its backbone needs the extracted dinov3-vitb16 folder beside it); the "
+                   "node shows which one it loaded. The model stays cached between runs and is moved off the GPU "
+                   "after each use. ColorMNet colorizes (colourises) black-and-white video from colour exemplars.")
     RETURN_TYPES = ("COLORMNET_MODEL",)
     RETURN_NAMES = ("model",)
     FUNCTION = "load"
@@ -109,7 +124,7 @@ class ColorMNetModelLoader:
                                        "that support it (faster, colours differ by a level or two), else fp32. "
                                        "fp32 reproduces the official outputs. fp16 is for GPUs only (on a CPU "
                                        "it runs as fp32)."}),
-        }}
+        }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     @classmethod
     def VALIDATE_INPUTS(cls, checkpoint: str):
@@ -119,17 +134,16 @@ class ColorMNetModelLoader:
             return _missing_message(checkpoint)
         return True
 
-    def load(self, checkpoint: str, precision: str):
+    def load(self, checkpoint: str, precision: str, unique_id=None):
         path = host.resolve_checkpoint(checkpoint)
         if path is None:
             raise CheckpointError(_missing_message(checkpoint))
         if path.name != checkpoint:
             log.info("ColorMNet: %r is not in models/colormnet; using %s", checkpoint, path)
-        load_cached(path)   # every problem with the file surfaces on this node, and the file is read once
-        return (ColorMNetModel(path, precision),)
+        return (_loaded(path, precision, unique_id),)
 
     @classmethod
-    def IS_CHANGED(cls, checkpoint: str, precision: str):
+    def IS_CHANGED(cls, checkpoint: str, precision: str, unique_id=None):
         path = host.resolve_checkpoint(checkpoint)
         if path is None:
             return float("nan")
@@ -140,9 +154,10 @@ class ColorMNetModelLoader:
 class ColorMNetDownloadModel:
     CATEGORY = "ColorMNet"
     SEARCH_ALIASES = SEARCH_ALIASES
-    DESCRIPTION = ("Downloads the official ColorMNet weights into models/colormnet (once; later runs reuse the "
-                   "file and check its sha256) and loads them. The weights are licensed CC BY-NC-SA 4.0 "
-                   "(non-commercial, share-alike): set accept_license to agree.")
+    DESCRIPTION = ("Downloads ColorMNet weights into models/colormnet (once; later runs reuse the file and check "
+                   "its sha256) and loads them: the official release, or one of CMNET2's fine-tuned DINOv3 "
+                   "checkpoints (model input). All are licensed CC BY-NC-SA 4.0 (non-commercial, share-alike): "
+                   "set accept_license to agree.")
     RETURN_TYPES = ("COLORMNET_MODEL",)
     RETURN_NAMES = ("model",)
     FUNCTION = "download"
@@ -164,21 +179,35 @@ class ColorMNetDownloadModel:
                                        "the checkpoint's file name in that repo."}),
             "precision": (PRECISIONS, {"default": "auto", "tooltip": "As on the Model Loader: auto = bf16 on "
                                        "GPUs that support it, else fp32; fp16 is for GPUs only."}),
-        }}
+        }, "optional": {
+            "model": (list(MODEL_CHOICES), {"default": "official", "tooltip": "official: the ColorMNet release "
+                      "(DINOv2 backbone; source/url/hf inputs apply). cmnet2-dinov3-p374099: CMNET2's fine-tuned "
+                      "DINOv3 ViT-B/16 checkpoint (760 MB; 38.46 dB against the official 37.68 on CMNET2's 131 "
+                      "clips), checked against its published sha256; -p372402 and -p369412 are earlier releases. "
+                      "CMNET2 weights: github.com/dan64/cmnet2/releases, same CC BY-NC-SA 4.0 licence."}),
+        }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
-    def download(self, accept_license, source, url, hf_repo_id, hf_filename, precision):
-        from ..colormnet_core.download import download_official
+    def download(self, accept_license, source, url, hf_repo_id, hf_filename, precision, model="official",
+                 unique_id=None):
+        from ..colormnet_core.download import download_cmnet2, download_official
         from ..colormnet_core.errors import Cancelled
 
         update = host.progress(100)
+
+        def progress(done, total):
+            update(int(100 * done / total) if total else 0)
+
         try:
-            path = download_official(
-                host.download_dir(), accept_license=accept_license, url=url,
-                hf_repo_id=hf_repo_id if source == "huggingface" else None, hf_filename=hf_filename.strip(),
-                progress=lambda done, total: update(int(100 * done / total) if total else 0),
-                should_stop=host.interrupted)
+            if model == "official":
+                path = download_official(
+                    host.download_dir(), accept_license=accept_license, url=url,
+                    hf_repo_id=hf_repo_id if source == "huggingface" else None, hf_filename=hf_filename.strip(),
+                    progress=progress, should_stop=host.interrupted)
+            else:
+                path = download_cmnet2(host.download_dir(), accept_license=accept_license,
+                                       release=model.removeprefix("cmnet2-dinov3-"), progress=progress,
+                                       should_stop=host.interrupted)
         except Cancelled:
             host.raise_if_interrupted()   # ComfyUI's own interruption, so the UI shows "interrupted"
             raise
-        load_cached(path)   # validated here, read once
-        return (ColorMNetModel(path, precision),)
+        return (_loaded(path, precision, unique_id),)

@@ -58,7 +58,10 @@ def add_film_parser(subparsers) -> None:
                                            "which shots have earlier exemplars")
     status.add_argument("--project", required=True)
     status.add_argument("--json", action="store_true", help="print JSON: {\"shots\": [{index, first, last, state, "
-                                                            "keyframe, history}, ...]}")
+                                                            "keyframe, reason, history}, ...]}")
+    status.add_argument("--checkpoint", default=None,
+                        help="judge the shots against this checkpoint (default: the one the last render used); "
+                             "a checkpoint of another family or release makes every rendered shot stale")
     status.set_defaults(handler=_status)
     revert = sub.add_parser("revert", help="bring back a shot's previous exemplar (and its segment, when it was "
                                            "kept and still matches: then nothing is rendered)")
@@ -109,7 +112,13 @@ def _init(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     project = FilmProject.open(args.project)
-    states = project.status()
+    sha = None
+    if getattr(args, "checkpoint", None):
+        from ..checkpoint import sha256_file
+        from ..download import find_checkpoint
+
+        sha = sha256_file(find_checkpoint(args.checkpoint))
+    states = project.status(checkpoint_sha256=sha)
     files = project.exemplar_files()
     histories = [shot_history(project, s.index, files) for s in states]
     if args.json:
@@ -119,7 +128,8 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     counts = {name: sum(s.state == name for s in states) for name in STATES}
     for s, history in zip(states, histories):
-        print(f"shot {s.index:4d}  frames {s.first}-{s.last}  {STATE_WORDS[s.state]}"
+        words = f"stale ({s.reason})" if s.state == "stale" and s.reason else STATE_WORDS[s.state]
+        print(f"shot {s.index:4d}  frames {s.first}-{s.last}  {words}"
               + (f"  (colour {s.keyframe})" if s.state == "needs_exemplar" else "")
               + (f"  [history: {history.describe()}]" if history.earlier or history.can_revert else ""))
     print(", ".join(f"{n} {COUNT_WORDS[name]}" for name, n in counts.items() if n or name == "done")

@@ -62,7 +62,7 @@ class FilmSettings:
     def to_json(self) -> dict:
         size = self.processing_size
         return {"size": None if size.mode == "official" else {"mode": size.mode, "value": size.value},
-                "memory": dataclasses.asdict(self.memory), "precision": self.precision, "gamut": self.gamut,
+                "memory": _memory_json(self.memory), "precision": self.precision, "gamut": self.gamut,
                 "crf": self.crf, "propagation": self.propagation}
 
     @classmethod
@@ -132,3 +132,12 @@ class ShotJob:
                    data["source_fingerprint"], ShotSpan.from_json(data["span"]),
                    tuple(ExemplarFile(**e) for e in data["exemplars"]),
                    FilmSettings.from_json(data["settings"]), data["checkpoint_sha256"])
+
+
+def _memory_json(memory: MemoryConfig) -> dict:
+    """The memory settings as fingerprinted: proximity_bias only when set, so that projects rendered
+    before it existed keep their fingerprints (it has no effect without references given at frames)."""
+    data = dataclasses.asdict(memory)
+    if not data.get("proximity_bias"):
+        data.pop("proximity_bias", None)
+    return data

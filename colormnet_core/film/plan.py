@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from .jobs import ExemplarFile, FilmSettings, ShotJob
-from .records import segment_state
+from .records import record_of, segment_state
 from .source import span
 
 State = Literal["done", "stale", "damaged", "pending", "needs_exemplar"]
@@ -36,10 +36,11 @@ class ShotState:
     last: int
     state: State
     keyframe: Path
+    reason: str = ""          # for a stale shot: what its segment was made from that differs now
 
     def to_json(self) -> dict:
         return {"index": self.index, "first": self.first, "last": self.last, "state": self.state,
-                "keyframe": str(self.keyframe)}
+                "keyframe": str(self.keyframe), "reason": self.reason}
 
 
 def has_colour_source(job: ShotJob) -> bool:
@@ -57,6 +58,25 @@ def plan_jobs(project, settings: FilmSettings, checkpoint_sha256: str, shots: li
                     project.exemplars_for(i, files), settings, checkpoint_sha256) for i in indices]
 
 
+def stale_reason(project, job: ShotJob) -> str:
+    """Why shot `job.index`'s recorded segment does not match `job` (checkpoint, settings, exemplars...)."""
+    made = (record_of(project, job.index) or {}).get("job") or {}
+    now = job.to_json()
+    reasons = []
+    if made.get("checkpoint_sha256") != now["checkpoint_sha256"]:
+        reasons.append(f"checkpoint changed (segment made with sha256 {str(made.get('checkpoint_sha256'))[:12]}, "
+                       f"now {now['checkpoint_sha256'][:12]})")
+    old_settings, new_settings = made.get("settings") or {}, now["settings"]
+    changed = sorted(k for k in set(old_settings) | set(new_settings) if old_settings.get(k) != new_settings.get(k))
+    if changed:
+        reasons.append("settings changed: " + ", ".join(changed))
+    if made.get("exemplars") != now["exemplars"]:
+        reasons.append("exemplars changed")
+    if made.get("source_fingerprint") != now["source_fingerprint"] or made.get("span") != now["span"]:
+        reasons.append("source changed")
+    return "; ".join(reasons) or "segment missing or incomplete"
+
+
 def state_of(project, job: ShotJob) -> State:
     if not has_colour_source(job):
         return "needs_exemplar"
@@ -69,5 +89,9 @@ def shot_states(project, settings: FilmSettings | None = None, checkpoint_sha256
     render, shots with an exemplar are pending)."""
     settings = settings or project.settings() or FilmSettings()
     checkpoint_sha256 = checkpoint_sha256 or project.data.get("checkpoint_sha256") or "not rendered yet"
-    return [ShotState(job.index, job.first, job.last, state_of(project, job), project.keyframe_path(job.index))
-            for job in plan_jobs(project, settings, checkpoint_sha256, shots)]
+    states = []
+    for job in plan_jobs(project, settings, checkpoint_sha256, shots):
+        state = state_of(project, job)
+        states.append(ShotState(job.index, job.first, job.last, state, project.keyframe_path(job.index),
+                                stale_reason(project, job) if state == "stale" else ""))
+    return states
