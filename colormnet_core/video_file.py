@@ -7,7 +7,8 @@ are read until the decoder says end of file.
 
 The writer encodes H.264 yuv420p (the codec and layout every browser plays), keeps the source's
 timestamps (variable frame rates stay in sync with the sound), copies the source's audio packets
-untouched and writes to a temporary name that is renamed only when the file is complete.
+untouched and writes to a temporary name that is renamed only when the file is complete. The same
+frames give the same bytes in every run (see `x264_options`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,16 @@ H264_CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matrosk
 # goes into an mp4 (PCM, AC-3, Vorbis...) is re-encoded to AAC so the preview has sound.
 MP4_AUDIO_COPY = {"aac", "mp3", "opus", "flac"}
 DEFAULT_FPS = Fraction(25)
+# x264's canonical algorithms instead of the CPU's fastest ones; needed for reproducible files, not
+# only for equal files across CPUs. On AVX-512 CPUs x264's macroblock-tree propagation
+# (mbtree_propagate_list_internal_avx512, x264 core 164-165) works on 8 macroblocks at a time, so when
+# the width in macroblocks is not a multiple of 8 (832x480: 52) its last row reads past the end of
+# the frame's cost and motion-vector arrays into heap bytes x264 never wrote, and scatters what it
+# finds there into the reference frames' costs, hence into the quantizers. Those bytes are whatever
+# the process's allocator left there (a colorization between two frames changes them), so the same
+# frames encoded twice gave different files, decoding up to 26 levels apart. The C propagation stops
+# at the row's end, at no measurable cost (100 frames at 832x480 encode in the same time).
+REPRODUCIBLE_X264_PARAMS = "cpu-independent=1"
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,16 @@ def h264_encoder() -> str:
                 continue
     raise InputError(f"this PyAV {av.__version__} build has no H.264 encoder; install the PyPI wheel "
                      f"(`pip install av`, it includes libx264) or write PNG frames to a folder instead.")
+
+
+def x264_options(crf: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The libx264 options of every file we write: `crf`, preset medium, then `extra` (libavcodec
+    libx264 options such as threads), with `REPRODUCIBLE_X264_PARAMS` added last to its x264-params
+    so that no extra option turns it off."""
+    options = {"crf": str(crf), "preset": "medium", **(extra or {})}
+    params = options.get("x264-params", "")
+    options["x264-params"] = f"{params}:{REPRODUCIBLE_X264_PARAMS}" if params else REPRODUCIBLE_X264_PARAMS
+    return options
 
 
 def _describe(source: VideoSource) -> str:
@@ -358,8 +379,9 @@ class VideoWriter(Transaction):
     audio_from: a `VideoReader` whose audio is copied; audio_waveform: (`C x T` float waveform, sample
     rate) encoded to AAC instead, for sound held in memory; crf: x264 quality (0 lossless, 18 visually
     lossless, 23 default); encoder_options: more libx264 options (e.g. a fixed thread count, for
-    byte-identical files on any machine). Frames are written to `<stem>.partial-<id><suffix>` beside `path`, which
-    is renamed to `path` by `close()`. `abort()` (or leaving a `with` block by an exception) deletes
+    byte-identical files on any machine: on one machine the same frames give the same bytes anyway).
+    Frames are written to `<stem>.partial-<id><suffix>` beside `path`, which is renamed to `path` by
+    `close()`. `abort()` (or leaving a `with` block by an exception) deletes
     it: a colorization cannot be resumed from a partial file, so it would only be a cut-short video
     that looks finished, and the user is told how many frames were done instead.
     Odd frame sizes are padded by one row/column (edge copy): yuv420p needs even sizes, and padding
@@ -414,7 +436,7 @@ class VideoWriter(Transaction):
         stream.codec_context.color_trc = 1
         stream.codec_context.color_range = 1
         if self.encoder == "libx264":
-            stream.options = {"crf": str(self.crf), "preset": "medium", **self.encoder_options}
+            stream.options = x264_options(self.crf, self.encoder_options)
         self._stream = stream
         if self.audio_from is not None and self.audio_from.audio is not None:
             self._audio = _AudioCopy(self.audio_from, self._output, self.muxer)
