@@ -3,15 +3,19 @@ bounded memory, precision, and the errors users can cause."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from colormnet_core import allocator
 from colormnet_core.color import rgb_to_lab
-from colormnet_core.config import MemoryConfig
+from colormnet_core.config import MemoryConfig, NetworkConfig
 from colormnet_core.errors import Cancelled, InputError, ResolutionError
 from colormnet_core.exemplars import EncodedExemplars, Exemplar
+from colormnet_core.network import ColorMNet
 from colormnet_core.preprocess import Geometry, ProcessingSize
 from colormnet_core.session import ColorizeSession
 
@@ -174,6 +178,18 @@ def test_callbacks_cancel(golden_network, exemplar0):
     session = ColorizeSession(golden_network, EncodedExemplars((Exemplar(exemplar0, 0),)), size=SMALL, key_batch=4)
     with pytest.raises(Cancelled, match="after 2 frames"):
         list(session.run(frames, should_stop=lambda: polls.append(1) or len(polls) > 2))
+
+
+def test_a_compiling_session_does_not_keep_its_network_alive(exemplar0):
+    # The torch.compile views were once cached per network in a module-level dict, which kept every network
+    # ever used with compile=True alive (on a GPU: its VRAM) after its owner had let it go. Making the view
+    # compiles nothing yet (torch.compile is lazy), so this costs only the network's construction.
+    network = ColorMNet(NetworkConfig(key_dim=8, value_dim=16, hidden_dim=8))
+    gone = weakref.ref(network)
+    session = ColorizeSession(network, EncodedExemplars((Exemplar(exemplar0, 0),)), compile=True)
+    del network, session
+    gc.collect()
+    assert gone() is None
 
 
 @pytest.mark.parametrize("text,expected", [
