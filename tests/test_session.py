@@ -180,6 +180,18 @@ def test_callbacks_cancel(golden_network, exemplar0):
         list(session.run(frames, should_stop=lambda: polls.append(1) or len(polls) > 2))
 
 
+def test_shared_exemplars_are_encoded_afresh_for_another_precision(golden_network, clip, exemplar0):
+    # A reference is encoded once per geometry and cached in the (shared, ComfyUI-cached) EncodedExemplars.
+    # The cache once ignored the precision: a float32 session after a bfloat16 one read bfloat16 keys and
+    # failed ("expected m1 and m2 to have the same dtype"); a float16 one after a float32 one used float32 keys.
+    shared = EncodedExemplars((Exemplar(exemplar0, None),))
+    for precision in ("bfloat16", "float32"):
+        session = ColorizeSession(golden_network, shared, size=SMALL, precision=precision)
+        reused = [r.ab for r in session.run(clip[:2])]
+    fresh = colorize(golden_network, clip[:2], [Exemplar(exemplar0, None)])[0]
+    assert all(torch.equal(a, r.ab) for a, r in zip(reused, fresh))
+
+
 def test_a_compiling_session_does_not_keep_its_network_alive(exemplar0):
     # The torch.compile views were once cached per network in a module-level dict, which kept every network
     # ever used with compile=True alive (on a GPU: its VRAM) after its owner had let it go. Making the view
