@@ -32,10 +32,14 @@ def run(net, frames, exemplar, precision: str, device, size=None) -> list:
     from colormnet_core.exemplars import EncodedExemplars, Exemplar
     from colormnet_core.session import ColorizeSession
 
-    session = ColorizeSession(net, EncodedExemplars((Exemplar(exemplar, 0),)), device=device, key_batch=1, size=size)
-    # Set directly: the session turns float16 into float32 on CPUs (too slow for use), but its
-    # rounding is what a GPU's float16 autocast gives, so it is measured here all the same.
-    session.amp_dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[precision]
+    on_cpu_fp16 = precision == "float16" and torch.device(device).type == "cpu"
+    session = ColorizeSession(net, EncodedExemplars((Exemplar(exemplar, 0),)), device=device, key_batch=1, size=size,
+                              precision="float32" if on_cpu_fp16 else precision)
+    if on_cpu_fp16:
+        # The session runs float16 as float32 on CPUs (too slow for use), but its rounding is what a
+        # GPU's float16 autocast gives, so it is measured here all the same: the autocast dtype is set
+        # where the session's frames take it from, its pipeline.
+        session.amp_dtype = session._pipeline.amp_dtype = torch.float16
     return [to_uint8_truncate(r.rgb).to(torch.int16) for r in session.run(frames)]
 
 
