@@ -358,14 +358,17 @@ def precision_section(ctx: Context, section: dict) -> None:
     net = ctx.network()
     processing = ctx.settings.precision_processing
     size = ProcessingSize.parse(processing)
-    others = ["bfloat16", "float16"] + (["float32 + TF32"] if ctx.cuda else [])
+    others = list(ctx.settings.reduced) + (["float32 + TF32"] if ctx.cuda else [])
+    left_out = sorted({"bfloat16", "float16"} - set(ctx.settings.reduced))
     section["summary"] = ("8-bit levels (the official truncation) against float32 with TF32 off, all frames and "
                           "channels; fp16 and bf16 are autocast as the session runs them"
-                          + ("; 'float32 + TF32' is torch's default on CUDA (TF32 convolutions)." if ctx.cuda else "."))
+                          + ("; 'float32 + TF32' is torch's default on CUDA (TF32 convolutions)" if ctx.cuda else "")
+                          + (f"; not in this run's settings: {', '.join(left_out)} (--quick on a CPU, where float16 "
+                             f"autocast runs ~50x slower than float32)" if left_out else "") + ".")
     for name in ("golden", "blackswan"):
         frames, exemplar = precision_bench.inputs(name, ctx.settings.precision_frames, None, golden.BLACKSWAN)
         height, width = _padded(frames[0].shape[-1], frames[0].shape[-2], processing)
-        estimate = len(frames) * sum(ctx.frame_seconds(height * width, p) for p in ("float32", "bfloat16", "float16"))
+        estimate = len(frames) * sum(ctx.frame_seconds(height * width, p) for p in ("float32", *ctx.settings.reduced))
         if not ctx.budget.allows(RESERVE_S + estimate):
             section["rows"].append({"input": name, "precision": "skipped: time budget"})
             ctx.report.note(f"precision {name}: skipped (time budget, needs about {estimate:.0f} s)")
@@ -519,7 +522,7 @@ def speed_run(ctx: Context, run: dict) -> dict:
     stats = session.memory.stats
     result = {"processing": "x".join(map(str, session.geometry.processing_size[::-1])), "frames": len(marks),
               "s_per_frame": round(per_frame, 5) if per_frame else None,
-              "fps": round(1 / per_frame, 2) if per_frame else None,
+              "fps": float(f"{1 / per_frame:.4g}") if per_frame else None,
               "first_frame_s": round(marks[0] - started, 3), "build_s": build_s,
               "memory_elements": f"{stats.permanent}+{stats.working}+{stats.long_term}", "status": status}
     if ctx.cuda:
@@ -654,7 +657,7 @@ def plan(ctx: Context) -> list[tuple]:
     small = ctx.frame_seconds(_pixels(224, 160, s.small_processing))
     precision_frames = (s.precision_frames or 12) + (s.precision_frames or 16)
     precision = precision_frames * sum(ctx.frame_seconds(_pixels(416, 240, s.precision_processing), p)
-                                       for p in ("float32", "bfloat16", "float16"))
+                                       for p in ("float32", *s.reduced))
     first_speed = speed_plan(ctx)[:1]
     return [
         ("golden", golden_section, load + golden_frames * ctx.frame_seconds(224 * 336) + 5),

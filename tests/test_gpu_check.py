@@ -68,8 +68,8 @@ def test_film_shots_and_propagation_record_what_they_checked(quick):
 def test_precision_rows_measure_reduced_precision_against_float32(quick):
     rows = quick[1]["sections"]["precision"]["rows"]
     assert [(r["input"], r["precision"]) for r in rows] == [
-        (name, precision) for name in ("golden", "blackswan")
-        for precision in ("float32 (reference)", "bfloat16", "float16")]
+        (name, precision) for name in ("golden", "blackswan") for precision in ("float32 (reference)", "bfloat16")]
+    assert "not in this run's settings: float16" in quick[1]["sections"]["precision"]["summary"]
     for row in rows:
         assert row["frames"] == 2 and row["size"] == "112x112"
         if row["precision"] != "float32 (reference)":
@@ -85,7 +85,7 @@ def test_speed_rows_and_goals(quick):
     assert {(r["precision"], r["key_batch"], r["frames"]) for r in done} == {
         ("bfloat16", 1, 4), ("bfloat16", 1, 8), ("float32", 1, 4), ("float32", 2, 4), ("bfloat16", 2, 4)}
     for row in done:
-        assert row["s_per_frame"] > 0 and row["fps"] == pytest.approx(1 / row["s_per_frame"], rel=0.01)
+        assert row["s_per_frame"] > 0 and row["fps"] == pytest.approx(1 / row["s_per_frame"], rel=1e-3)
         assert row["processing"] == "112x64" and row["compile"] is False
     assert rows[0]["precision"] == "bfloat16" and rows[0]["frames"] == 4       # the goal configuration first
     goals = {g["goal"]: g for g in report["goals"]["rows"]}
@@ -95,8 +95,9 @@ def test_speed_rows_and_goals(quick):
 
 def test_profile_times_every_stage(quick):
     rows = {r["stage"]: r for r in quick[1]["sections"]["profile"]["rows"]}
-    for stage in ("key encoder: DINOv2", "key encoder: ResNet-50", "memory read (top-k)", "LA (local attention)",
-                  "decoder", "value encoder"):
+    # The two profiled frames (2 and 3) are not memory frames, so the value encoder does not run in them.
+    for stage in ("key encoder: DINOv2", "key encoder: ResNet-50", "key encoder: fusion (3 Fuse)",
+                  "memory read (top-k)", "LA (local attention)", "decoder"):
         assert rows[stage]["cpu_ms"] > 0, stage
     assert sum(r["share_pct"] for r in rows.values()) <= 100.5
 
@@ -125,9 +126,11 @@ def test_an_exhausted_budget_skips_every_section_with_its_reason(tmp_path):
     assert "skipped" in (tmp_path / "gpu_check.md").read_text()
 
 
-def test_exit_status_follows_the_sections():
-    spec = importlib.util.spec_from_file_location("gpu_check_module", SCRIPT)
+def test_exit_status_follows_the_sections(monkeypatch):
+    spec = importlib.util.spec_from_file_location("gpu_check_under_test", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)      # its dataclasses look their module up
+    monkeypatch.setattr(sys, "path", list(sys.path))         # it puts the repository and bench/ on the path
     spec.loader.exec_module(module)
     assert module.exit_code({"sections": {"golden": {"status": "passed"}, "speed": {"status": "done"}}}) == 0
     assert module.exit_code({"sections": {"golden": {"status": "passed"}, "speed": {"status": "error"}}}) == 2
