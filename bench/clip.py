@@ -25,16 +25,16 @@ def find_clip() -> Path | None:
     return None
 
 
-def _read(path: Path, size: tuple[int, int]) -> torch.Tensor:
+def _read(path: Path, size: tuple[int, int] | None) -> torch.Tensor:
     import cv2
 
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1]
-    if img.shape[1::-1] != size:
+    if size is not None and img.shape[1::-1] != size:
         img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
 
 
-def _synthetic(size: tuple[int, int], count: int) -> list[torch.Tensor]:
+def synthetic(size: tuple[int, int], count: int) -> list[torch.Tensor]:
     """Smooth moving colour blobs (deterministic), so the network sees structure, not noise."""
     width, height = size
     y, x = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
@@ -47,11 +47,12 @@ def _synthetic(size: tuple[int, int], count: int) -> list[torch.Tensor]:
     return clip
 
 
-def load(size: tuple[int, int]) -> tuple[str, list[torch.Tensor], torch.Tensor]:
-    """(source description, frames, exemplar) at size = (width, height)."""
-    folder = find_clip()
+def load(size: tuple[int, int] | None, folder: Path | None = None) -> tuple[str, list[torch.Tensor], torch.Tensor]:
+    """(source description, frames, exemplar) at size = (width, height) (None: the clip's own size;
+    the synthetic clip needs a size). folder: this clip (default: the first of CANDIDATES)."""
+    folder = folder or find_clip()
     if folder is None:
-        clip = _synthetic(size, 20)
+        clip = synthetic(size, 20)
         return "synthetic", [f.float().mean(0, keepdim=True).round().to(torch.uint8).expand(3, -1, -1)
                              for f in clip], clip[0]
     frames = [_read(p, size) for p in sorted((folder / "frames").glob("*.png"))]

@@ -18,25 +18,29 @@ import resource
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+# stage -> (where, names): "network" names submodules whose forward is timed; otherwise where is a
+# module ("colormnet_core.pipeline") or a class in one ("colormnet_core.memory:MFPMemory") whose
+# functions or methods are timed.
 STAGES = {
     "key encoder: ResNet-50": ("network", "key_encoder.cnn"),
     "key encoder: DINOv2": ("network", "key_encoder.dino"),
     "key encoder: fusion (3 Fuse)": ("network", "key_encoder.fuse16 key_encoder.fuse8 key_encoder.fuse4"),
     "key projection": ("network", "key_proj"),
-    "memory read (top-k)": ("memory", "read"),
-    "memory add / consolidation": ("memory", "add"),
+    "memory read (top-k)": ("colormnet_core.memory:MFPMemory", "read"),
+    "memory add / consolidation": ("colormnet_core.memory:MFPMemory", "add"),
     "LA (local attention)": ("network", "local_attention"),
     "value encoder": ("network", "value_encoder"),
     "decoder": ("network", "decoder"),
-    "colour: RGB -> Lab": ("session", "normalized_lab"),
-    "colour: network image": ("session", "network_image"),
-    "colour: Lab -> RGB": ("session", "lab_to_rgb denormalize_lab fit_chroma_to_gamut"),
+    "colour: RGB -> Lab": ("colormnet_core.pipeline", "normalized_lab"),
+    "colour: network image": ("colormnet_core.pipeline", "network_image"),
+    "colour: Lab -> RGB": ("colormnet_core.compose", "lab_to_rgb denormalize_lab fit_chroma_to_gamut"),
 }
 
 
@@ -63,20 +67,31 @@ class Timers:
         return timed
 
 
-def instrument(timers: Timers, net) -> None:
-    from colormnet_core import memory as memory_module
-    from colormnet_core import session as session_module
+def instrument(net, wrap) -> Callable[[], None]:
+    """Replace every stage's function by `wrap(stage, function)` (network submodules' forward on `net`
+    only; memory methods and colour functions process-wide). Returns a function that undoes it."""
+    import importlib
 
+    undo = []
     for stage, (where, names) in STAGES.items():
         for name in names.split():
             if where == "network":
-                module = functools.reduce(getattr, name.split("."), net)
-                module.forward = timers.wrap(stage, module.forward)
-            elif where == "memory":
-                cls = memory_module.MFPMemory
-                setattr(cls, name, timers.wrap(stage, getattr(cls, name)))
+                owner, attr = functools.reduce(getattr, name.split("."), net), "forward"
             else:
-                setattr(session_module, name, timers.wrap(stage, getattr(session_module, name)))
+                module, _, cls = where.partition(":")
+                owner = importlib.import_module(module)
+                owner, attr = (getattr(owner, cls) if cls else owner), name
+            had = attr in vars(owner)
+            undo.append((owner, attr, vars(owner).get(attr), had))
+            setattr(owner, attr, wrap(stage, getattr(owner, attr)))
+
+    def restore() -> None:
+        for owner, attr, original, had in reversed(undo):
+            if had:
+                setattr(owner, attr, original)
+            else:
+                delattr(owner, attr)
+    return restore
 
 
 def main() -> None:
@@ -104,7 +119,7 @@ def main() -> None:
     source, frames, exemplar = clip.load((width, height))
     net = load_model(args.checkpoint, device="cpu")
     timers = Timers()
-    instrument(timers, net)
+    instrument(net, timers.wrap)
     session = ColorizeSession(net, EncodedExemplars((Exemplar(exemplar, 0),)), precision=args.precision,
                               key_batch=args.key_batch)
     profiler = None

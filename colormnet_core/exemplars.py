@@ -106,7 +106,11 @@ class EncodedExemplars:
 
     def prepare(self, network: ColorMNet, geometry: Geometry, device: torch.device,
                 dtype: torch.dtype = torch.float32) -> list[PreparedExemplar]:
-        """Resize, convert and (for references) encode every exemplar for `geometry` on `device`."""
+        """Resize, convert and (for references) encode every exemplar for `geometry` on `device`.
+
+        dtype: the autocast dtype the caller encodes under (float32: none). It is part of the cache
+        key, so that a session in one precision never reads encodings made in another (a float32
+        read of bfloat16 keys fails, and a float16 session would silently use float32 encodings)."""
         cache_key = (geometry.processing_size, geometry.padding, str(device), dtype, id(network))
         if cache_key not in self._cache:
             self._cache.clear()   # one geometry at a time keeps device memory bounded

@@ -62,7 +62,10 @@ class FramePipeline:
         if self.geometry is None:
             self.geometry = Geometry.plan(*rgb.shape[-2:], self.size)
             with self.autocast():
-                self.prepared = self.exemplars.prepare(self.network, self.geometry, self.device)
+                # The precision is part of the exemplars' cache key: a session in another precision
+                # must not read encodings made under this one's autocast (another dtype, other values).
+                self.prepared = self.exemplars.prepare(self.network, self.geometry, self.device,
+                                                       self.amp_dtype or torch.float32)
         elif tuple(rgb.shape[-2:]) != self.geometry.input_size:
             h, w = self.geometry.input_size
             raise InputError(f"frame {first_index} is {rgb.shape[-1]}x{rgb.shape[-2]} but the video started at "

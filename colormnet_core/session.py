@@ -15,6 +15,7 @@ separate session over shot k's frames with the exemplars pinned inside it (and t
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from typing import Literal, NamedTuple
@@ -112,7 +113,7 @@ class ColorizeSession:
         self.output_device = torch.device(output_device)
         self.on_memory_event = on_memory_event
         self.gamut = gamut
-        self._stages = _compiled_stages(network) if compile else network
+        self._stages = _CompiledStages(network) if compile else network
         self._pipeline = FramePipeline(network, self._stages, exemplars, self.size, self.device, self.amp_dtype,
                                        gamut, self.output_device)
         self._t = -1
@@ -270,19 +271,30 @@ class ColorizeSession:
         return prediction
 
 
-_COMPILED: dict[int, object] = {}
+@functools.cache
+def _compiled_stage(name: str):
+    """`torch.compile` of the `ColorMNet` stage `name` as a plain function (network first), made once
+    per process. Dynamo caches compiled code per function and guards, so every session and every
+    network reuses it; and nothing here holds a network, which a cache keyed by network did (it kept
+    every network ever compiled in memory, on the GPU too, after its owner had let it go)."""
+    return torch.compile(getattr(ColorMNet, name))
 
 
-def _compiled_stages(network: ColorMNet):
-    """A view of `network` whose heavy stages go through torch.compile (cached per network)."""
-    entry = _COMPILED.get(id(network))
-    if entry is None or entry[0] is not network:
-        class _Compiled:
-            encode_key = torch.compile(network.encode_key)
-            encode_value = torch.compile(network.encode_value)
-            decode = torch.compile(network.decode)
-            read_short_term = torch.compile(network.read_short_term)
-            empty_hidden = network.empty_hidden
-        entry = (network, _Compiled())
-        _COMPILED[id(network)] = entry
-    return entry[1]
+class _CompiledStages:
+    """A view of `network` whose heavy stages go through torch.compile (see `_compiled_stage`)."""
+
+    def __init__(self, network: ColorMNet) -> None:
+        self.network = network
+        self.empty_hidden = network.empty_hidden
+
+    def encode_key(self, *args, **kwargs):
+        return _compiled_stage("encode_key")(self.network, *args, **kwargs)
+
+    def encode_value(self, *args, **kwargs):
+        return _compiled_stage("encode_value")(self.network, *args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return _compiled_stage("decode")(self.network, *args, **kwargs)
+
+    def read_short_term(self, *args, **kwargs):
+        return _compiled_stage("read_short_term")(self.network, *args, **kwargs)

@@ -3,15 +3,19 @@ bounded memory, precision, and the errors users can cause."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from colormnet_core import allocator
 from colormnet_core.color import rgb_to_lab
-from colormnet_core.config import MemoryConfig
+from colormnet_core.config import MemoryConfig, NetworkConfig
 from colormnet_core.errors import Cancelled, InputError, ResolutionError
 from colormnet_core.exemplars import EncodedExemplars, Exemplar
+from colormnet_core.network import ColorMNet
 from colormnet_core.preprocess import Geometry, ProcessingSize
 from colormnet_core.session import ColorizeSession
 
@@ -174,6 +178,30 @@ def test_callbacks_cancel(golden_network, exemplar0):
     session = ColorizeSession(golden_network, EncodedExemplars((Exemplar(exemplar0, 0),)), size=SMALL, key_batch=4)
     with pytest.raises(Cancelled, match="after 2 frames"):
         list(session.run(frames, should_stop=lambda: polls.append(1) or len(polls) > 2))
+
+
+def test_shared_exemplars_are_encoded_afresh_for_another_precision(golden_network, clip, exemplar0):
+    # A reference is encoded once per geometry and cached in the (shared, ComfyUI-cached) EncodedExemplars.
+    # The cache once ignored the precision: a float32 session after a bfloat16 one read bfloat16 keys and
+    # failed ("expected m1 and m2 to have the same dtype"); a float16 one after a float32 one used float32 keys.
+    shared = EncodedExemplars((Exemplar(exemplar0, None),))
+    for precision in ("bfloat16", "float32"):
+        session = ColorizeSession(golden_network, shared, size=SMALL, precision=precision)
+        reused = [r.ab for r in session.run(clip[:2])]
+    fresh = colorize(golden_network, clip[:2], [Exemplar(exemplar0, None)])[0]
+    assert all(torch.equal(a, r.ab) for a, r in zip(reused, fresh))
+
+
+def test_a_compiling_session_does_not_keep_its_network_alive(exemplar0):
+    # The torch.compile views were once cached per network in a module-level dict, which kept every network
+    # ever used with compile=True alive (on a GPU: its VRAM) after its owner had let it go. Making the view
+    # compiles nothing yet (torch.compile is lazy), so this costs only the network's construction.
+    network = ColorMNet(NetworkConfig(key_dim=8, value_dim=16, hidden_dim=8))
+    gone = weakref.ref(network)
+    session = ColorizeSession(network, EncodedExemplars((Exemplar(exemplar0, 0),)), compile=True)
+    del network, session
+    gc.collect()
+    assert gone() is None
 
 
 @pytest.mark.parametrize("text,expected", [
