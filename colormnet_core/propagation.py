@@ -2,82 +2,90 @@
 
 forward: the official schedule, `ColorizeSession` as it is (the default).
 
-bidirectional: between two consecutive exemplars e_k < e_k+1 of a shot, a forward pass from e_k
-and a backward pass from e_k+1 are blended per frame. The passes:
-* forward pass = the ordinary forward run over the whole shot: at frame t it has seen every
-  exemplar pinned at or before t (and the references);
-* backward pass = an ordinary forward run over the reversed stretch e_last, e_last - 1, ..., e_first
-  (first and last exemplar of the shot) with every exemplar pinned to the mirrored index
-  e_last - f (and the references, which enter memory at its first frame, e_last): at frame t it
-  has seen every exemplar pinned at or after t. It is exactly that run (bit-identical on the CPU
-  in fp32), nothing of the forward pass leaks into it.
-Frames before the first exemplar and after the last take the forward pass (the only one that
-reaches frames after the last; before the first, the forward pass reads the references, and
-keeping it there makes one exemplar per shot bit-identical to forward). At a pinned exemplar's
-frame the output is the exemplar's colour, as in forward.
+bidirectional (a shot with at least two pinned exemplars; with fewer it is forward, bit for bit):
+every part of the shot is made of ordinary forward runs (`ColorizeSession`) over a stretch of its
+frames, in one direction or the other, so each run is exactly what a session over those frames
+gives (bit for bit on the CPU in fp32; tested). With e_first .. e_last the shot's first and last
+pinned exemplar:
+* stretch e_first..e_last: a forward pass (from e_first: exemplars pinned at or before t, and the
+  references, which enter memory at e_first) blended with a backward pass (a run over the
+  reversed stretch e_last, e_last - 1, ..., e_first with every exemplar pinned to its mirrored
+  index e_last - f, and the references: exemplars pinned at or after t). How they blend:
+  `blend.py` (per frame by temporal distance by default; per pixel by confidence on request);
+* tail, after e_last: a run restarted at e_last (the exemplar at e_last pinned to its first frame,
+  and the references: the backward pass's own starting state), eased into the forward pass, which
+  carries on over the first `EASE_FRAMES` frames after e_last: frame e_last + j is
+  w_j restart + (1 - w_j) forward, w_j = 1 - j / (EASE_FRAMES + 1); after that the restarted run;
+* head, before e_first (only with references; otherwise there is no colour source there): a run
+  over the frames e_first, e_first - 1, ..., 0 from the exemplar at e_first and the references.
+At a pinned exemplar's frame the output is the exemplar's colour, as in forward.
 
-Blend: per frame, by the temporal distance (`blend="distance"`, the default): frame t between e_k
-and e_k+1 is (1 - s) * forward + s * backward in chroma (a/110, b/110 at the processing size),
-s = (t - e_k) / (e_k+1 - e_k); the confidence is blended the same way. Measured with
-bench/propagation.py (fixture weights, CPU, size 112; pans over the blackswan exemplar, so every
-keyframe is a true colour frame; pop = chroma change k-1 -> k+1 over the clip's median two-frame
-change; all numbers in bench/RESULTS.md):
+Why restart at the last exemplar. Issue 16's design took the plain forward pass after e_last. Its
+memory still holds the frames before e_last, which drifted, while the frame just before e_last is
+(almost) the backward pass one frame from its exemplar, so the colours jumped there: 1.43-1.76x
+the median two-frame change on the pans below, against 0.59-0.88x at interior keyframes.
+Measured with `bench/propagation.py tails` (fixture weights, CPU, processing size 112; pans over
+the blackswan colour exemplar, so the true colours of every frame are known; "wipe" and the
+two-shot example as in `blend.py`; the passes are computed once and recombined, so rows differ
+only by the tail): pop at e_last (x median), CDC, and the error against the true colours over the
+frames after e_last (mean CIELAB ab distance):
 
-| clip, keyframes | forward pop / CDC | distance | confidence | distance x confidence |
-|---|---|---|---|---|
-| 17 frames, 0,8,16 | 0.99 / 0.0580 | 0.78 / 0.0385 | 0.41 / 0.0404 | 0.90 / 0.0387 |
-| 30 frames, 0,12,24 | 1.41, 2.09 / 0.0454 | 0.59, 1.76 / 0.0369 | 0.51, 1.35 / 0.0338 | 0.63, 1.89 / 0.0379 |
-| 37 frames, 0,18,36 | 3.08 / 0.0331 | 0.88 / 0.0326 | 0.71 / 0.0290 | 0.93 / 0.0343 |
+| clip, keyframes | forward (issue 16) | restart only | restart + earlier exemplars as references | ease 4 (chosen) | ease 8 | ease over the last gap |
+|---|---|---|---|---|---|---|
+TABLE_TAILS
 
-median two-frame change (Lab units): 17 frames 20.6 forward, 7.9 distance, 12.5 confidence, 7.1
-distance x confidence; 30 frames 6.4, 7.6, 8.5, 7.2; 37 frames 6.6, 7.6, 8.4, 7.3.
-Why distance: every blend removes the interior pop (<= 0.93x the median against 0.99-3.08x
-forward) and lowers CDC (one exception: distance x confidence on the 37-frame clip). Weighting by
-the passes' confidence gives the lowest pop ratios, but mostly because the frame-to-frame change
-it is divided by grows by 10-60 %: the confidence of each pass jumps from frame to frame, and so
-does the weight, which is the flicker the blend is there to remove (absolute pops differ by ~15 %).
-Distance weights are smooth in t, reach exactly 0 and 1 at the exemplars (a frame next to an
-exemplar is that exemplar's pass) and do not depend on the checkpoint's similarity scale, which
-the fixture weights cannot calibrate. The pop at the last exemplar (1.76 on the 30-frame clip) is
-forward-only territory after it: the forward pass carries the earlier, drifted frames in memory.
-Per pixel: not tried; the session reports one confidence per frame, and the per-pixel best match
-(stride 16, inside `MFPMemory`) is not public. It is the next thing to measure once the shot unit
-exposes it; the other blends stay selectable (`blend=`) to re-measure on the real weights.
+* restart only removes the pop and the drift (error -4.2 to -5.5 on three clips) but its CDC is
+  up to 13 % above issue 16's (pan 40: every later memory frame of the restarted run, which holds
+  few frames, moves the fixture network's colours more than the forward pass's does); adding the
+  earlier exemplars as references is between the two;
+* easing keeps the pop as low (0.53-0.81x on the pans) and holds CDC within -3.1 %..+1.3 % of issue
+  16's on every clip, with the tail's error below issue 16's on four of five clips. Longer eases
+  lower the error a little more and raise CDC (up to +3.0 % at 8, +3.7 % over the gap): 4 frames.
 
-Streaming and memory: frames of the shot are read once, in order. While the forward pass crosses
-e_first..e_last, its chroma (2 x h x w float32 at the processing size) and, unless the frames can
-be indexed (a tensor, a list), the input frames are kept in `SpillBuffer`s, which move to a
-temporary file past `ram_limit` bytes each; the backward pass then reads the frames back from the
-buffer in reverse (never decoding backwards), and each of its frames is blended into the chroma
-buffer in place; finally the stretch is emitted in order, RGB rebuilt by `compose.compose_rgb`.
-Output of the stretch therefore starts only once the backward pass is done.
+Head. Before e_first the forward pass reads only the references; at e_first+1 it has the exemplar,
+so the colours jumped there, exactly like forward's keyframe pop (4.06x on a 30-frame pan with the
+whole exemplar picture as reference and keyframes 6, 14, 22). A run from e_first backwards takes
+it to 0.89x (0.89x also with the forward pass started at e_first instead of 0: the mirror of the
+backward pass; 1.64x when the forward pass starts at 0, as its memory then holds the
+reference-only frames), the error over the head from 45.1 to 34.7, and CDC from 0.0560 to 0.0427.
+
+Streaming and memory: frames are read once, in order. The chroma of the stretch (2 x h x w float32
+at the processing size; with the per-pixel blend also its confidence, 1 x h x w) and, unless the
+frames can be indexed (a tensor, a list), the input frames up to e_last + EASE_FRAMES are kept in
+`SpillBuffer`s, which move to a temporary file past `ram_limit` bytes each; backward runs read the
+frames back from the buffer in reverse (never decoding backwards). One session is alive at a time
+(each pass's session is released before the next starts). Output of the head starts once its run
+is done, the stretch's once its backward pass is done; the tail streams.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import dataclasses
 import itertools
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence, Sized
 from pathlib import Path
 from typing import Literal
 
+import torch
 from torch import Tensor
 
+from .blend import BLENDS, EASE_FRAMES, Blend, backward_weight, ease_weight, pixel_weight
 from .compose import compose_rgb
 from .config import MemoryConfig
 from .errors import Cancelled, InputError
-from .exemplars import EncodedExemplars, Exemplar
+from .exemplars import EncodedExemplars
 from .network import ColorMNet
 from .session import ColorizedFrame, ColorizeSession
+from .shot_run import check_pinned_within
 from .shots import Shot, ShotDetector, ShotDetectorConfig, detect_shots, needs_exemplar, validate_shots
-from .spill import DEFAULT_RAM_LIMIT, SpillBuffer
+from .spill import DEFAULT_RAM_LIMIT, ShotFrames, SpillBuffer
 
 log = logging.getLogger(__name__)
 
 Propagation = Literal["forward", "bidirectional"]
-Blend = Literal["distance", "confidence", "distance_confidence"]
 PROPAGATIONS: tuple[str, ...] = ("forward", "bidirectional")
 
 
@@ -86,33 +94,31 @@ def check_propagation(propagation: str) -> None:
         raise InputError(f"propagation must be forward or bidirectional, not {propagation!r}.")
 
 
-def backward_weight(blend: Blend, distance: float, forward_confidence: float, backward_confidence: float) -> float:
-    """Weight in [0, 1] of the backward pass at a frame `distance` of the way from e_k (0) to e_k+1 (1).
-
-    distance: linear in the frame index; confidence: the passes' match confidence (`ColorizeSession`)
-    in proportion; distance_confidence: both (each pass's confidence times its nearness)."""
-    if blend == "distance":
-        return distance
-    if blend == "confidence":
-        total = forward_confidence + backward_confidence
-        return backward_confidence / total if total > 0 else distance
-    near_b, near_f = distance * backward_confidence, (1 - distance) * forward_confidence
-    return near_b / (near_b + near_f) if near_b + near_f > 0 else distance
+def remap_exemplars(exemplars: EncodedExemplars, to: Callable[[int], int | None]) -> EncodedExemplars:
+    """The exemplars with each pinned frame f moved to to(f) (None: dropped); references kept."""
+    kept = []
+    for e in exemplars.exemplars:
+        frame = None if e.frame is None else to(e.frame)
+        if e.frame is None or frame is not None:
+            kept.append(e if frame == e.frame else dataclasses.replace(e, frame=frame))
+    return EncodedExemplars(tuple(kept))
 
 
 def mirror_exemplars(exemplars: EncodedExemplars, first: int, last: int) -> EncodedExemplars:
     """Exemplars of the backward pass over frames last, last - 1, ..., first: one pinned to frame f in
     [first, last] is pinned to last - f; references are kept; exemplars pinned elsewhere dropped."""
-    return EncodedExemplars(tuple(
-        Exemplar(e.image, None if e.frame is None else last - e.frame)
-        for e in exemplars.exemplars if e.frame is None or first <= e.frame <= last))
+    return remap_exemplars(exemplars, lambda f: last - f if first <= f <= last else None)
+
+
+def restart_exemplars(exemplars: EncodedExemplars, frame: int) -> EncodedExemplars:
+    """Exemplars of a run restarted at `frame` (in either direction): the one pinned there, pinned to
+    the run's first frame, and the references."""
+    return remap_exemplars(exemplars, lambda f: 0 if f == frame else None)
 
 
 def shot_exemplars(exemplars: EncodedExemplars, shot: Shot) -> EncodedExemplars:
     """The exemplars of one shot, pinned frames counted from the shot's first frame; references kept."""
-    return EncodedExemplars(tuple(
-        Exemplar(e.image, None if e.frame is None else e.frame - shot.first)
-        for e in exemplars.exemplars if e.frame is None or shot.holds(e.frame)))
+    return remap_exemplars(exemplars, lambda f: f - shot.first if shot.holds(f) else None)
 
 
 def colorize_shot(
@@ -131,96 +137,166 @@ def colorize_shot(
     """Colorize one shot (a continuous take; its frames numbered from 0) lazily, in frame order.
 
     frames: the shot's `C x H x W` frames (uint8 or float [0, 1]): a `T x C x H x W` tensor or list
-    (indexed, not copied) or any iterable (read once; the stretch between the first and last exemplar
-    is buffered, see the module docstring); exemplars: pinned to the shot's own frame indices, and/or
-    references; session_options: `ColorizeSession`'s (size, device, precision, key_batch,
-    output_device, compile, gamut), not shots. ram_limit: bytes per buffer before it spills to a
-    temporary file in `spill_dir`. Yields `ColorizedFrame`s with shot 0; with fewer than two pinned
-    exemplars, or propagation "forward", exactly `ColorizeSession(...).run(frames)`.
+    (indexed, not copied) or any iterable (read once; what the passes read again is buffered, see
+    the module docstring); exemplars: pinned to the shot's own frame indices, and/or references;
+    blend: see `blend.py`; session_options: `ColorizeSession`'s (size, device, precision,
+    key_batch, output_device, compile, gamut, pixel_confidence), not shots. ram_limit: bytes per
+    buffer before it spills to a temporary file in `spill_dir`. Yields `ColorizedFrame`s with shot
+    0; with fewer than two pinned exemplars, or propagation "forward", exactly
+    `ColorizeSession(...).run(frames)`.
     """
     check_propagation(propagation)
-    if blend not in ("distance", "confidence", "distance_confidence"):
-        raise InputError(f"blend must be distance, confidence or distance_confidence, not {blend!r}.")
+    if blend not in BLENDS:
+        raise InputError(f"blend must be one of {', '.join(BLENDS)}, not {blend!r}.")
     if "shots" in session_options:
         raise InputError("colorize_shot colorizes one shot; give the shots to colorize_video instead.")
-    pinned = exemplars.pinned_frames
-    if propagation == "forward" or len(pinned) < 2:
+    if propagation == "forward" or len(exemplars.pinned_frames) < 2:
         yield from ColorizeSession(network, exemplars, memory, **session_options).run(frames, should_stop=should_stop)
         return
+    # The session checks the options and that frame 0 has a colour source, as forward would.
+    device = ColorizeSession(network, exemplars, memory, **session_options).device
+    if isinstance(frames, Sized):
+        check_pinned_within(exemplars, len(frames))
     with contextlib.ExitStack() as stack:
         def buffer(what: str) -> SpillBuffer:
             return stack.enter_context(SpillBuffer(ram_limit=ram_limit, directory=spill_dir, what=what))
 
-        indexed = _indexable(frames)
-        stretch_frames = frames if indexed else buffer("buffered frames")
-        chroma = buffer("buffered chroma")
-        source = frames if indexed else _tap(frames, pinned[0], pinned[-1], stretch_frames)
-        forward = ColorizeSession(network, exemplars, memory, **session_options)
-        confidence: list[float] = []
-        for result in forward.run(source, should_stop=should_stop):
-            if not pinned[0] <= result.index <= pinned[-1]:
-                yield result
+        shot = _BidirectionalShot(network, exemplars, memory, ShotFrames(frames, buffer), buffer, device=device,
+                                  blend=blend, should_stop=should_stop, options=session_options)
+        yield from shot.run()
+
+
+class _Chroma:
+    """Chroma (`2 x h x w`), per-frame confidence and optionally confidence maps (`1 x h x w`) of a
+    run of frames, by slot, in `SpillBuffer`s (CPU)."""
+
+    def __init__(self, buffer: Callable[[str], SpillBuffer], what: str, maps: bool) -> None:
+        self.ab = buffer(f"buffered chroma ({what})")
+        self.maps = buffer(f"buffered confidence ({what})") if maps else None
+        self.confidence: list[float] = []
+
+    def append(self, result: ColorizedFrame) -> None:
+        self.ab.append(result.ab)
+        self.confidence.append(result.confidence)
+        if self.maps is not None:
+            self.maps.append(result.confidence_map)
+
+
+class _BidirectionalShot:
+    """The runs of one shot with at least two pinned exemplars (module docstring), yielding its frames
+    in order: head, stretch (forward pass, then the backward pass blended in), tail."""
+
+    def __init__(self, network: ColorMNet, exemplars: EncodedExemplars, memory: MemoryConfig | None,
+                 frames: ShotFrames, buffer: Callable[[str], SpillBuffer], *, device: torch.device, blend: Blend,
+                 should_stop: Callable[[], bool] | None, options: dict) -> None:
+        self.network, self.exemplars, self.memory, self.frames, self.buffer = network, exemplars, memory, frames, buffer
+        self.pinned = exemplars.pinned_frames
+        self.first, self.last = self.pinned[0], self.pinned[-1]
+        self.device, self.blend, self.should_stop = device, blend, should_stop
+        self.want_maps = bool(options.get("pixel_confidence", False))
+        self.maps = self.want_maps or blend == "pixel"
+        self.options = {**options, "pixel_confidence": self.maps}
+
+    def run(self) -> Iterator[ColorizedFrame]:
+        if not self.frames.available(self.last):
+            check_pinned_within(self.exemplars, self.frames.read)
+        if self.first > 0:
+            yield from self._head()
+        ease = yield from self._stretch()
+        yield from self._tail(ease)
+
+    def _session(self, exemplars: EncodedExemplars) -> ColorizeSession:
+        return ColorizeSession(self.network, exemplars, self.memory, **self.options)
+
+    def _run(self, exemplars: EncodedExemplars, frames: Iterable[Tensor]) -> Iterator[ColorizedFrame]:
+        return self._session(exemplars).run(frames, should_stop=self.should_stop)
+
+    def _head(self) -> Iterator[ColorizedFrame]:
+        """Frames 0..first-1: a run from the first exemplar over first, first - 1, ..., 0."""
+        first = self.first
+        head = _Chroma(self.buffer, "before the first exemplar", self.maps)
+        frames = (self.frames[t] for t in range(first, -1, -1))
+        for result in self._run(restart_exemplars(self.exemplars, first), frames):
+            if result.index:                       # slot first - 1 - t holds frame t
+                head.append(result)
+        for t in range(first):
+            yield self._frame(t, head, first - 1 - t)
+
+    def _stretch(self) -> Generator[ColorizedFrame, None, list[tuple[Tensor, float, Tensor | None]]]:
+        """Frames first..last; returns the forward pass's (ab, confidence, map) of the EASE_FRAMES
+        frames after last."""
+        first, last = self.first, self.last
+        stretch = _Chroma(self.buffer, "between exemplars", self.maps)
+        ease: list[tuple[Tensor, float, Tensor | None]] = []
+        forward = self.exemplars if first == 0 else remap_exemplars(self.exemplars, lambda f: f - first)
+        for result in self._run(forward, self.frames.span(first, last + EASE_FRAMES + 1)):
+            if first + result.index <= last:
+                stretch.append(result)
+            else:
+                ease.append((result.ab, result.confidence, result.confidence_map))
+        self._blend_backward(stretch)
+        for t in range(first, last + 1):
+            yield self._frame(t, stretch, t - first)
+        return ease
+
+    def _blend_backward(self, stretch: _Chroma) -> None:
+        """Run the backward pass over the stretch and blend it into `stretch` in place."""
+        first, last, pinned = self.first, self.last, set(self.pinned)
+        frames = (self.frames[t] for t in range(last, first - 1, -1))
+        for result in self._run(mirror_exemplars(self.exemplars, first, last), frames):
+            t = last - result.index
+            if t in pinned:        # both passes show the exemplar here; keep the forward pass's bits
                 continue
-            chroma.append(result.ab)
-            confidence.append(result.confidence)
-            if result.index == pinned[-1]:
-                stretch = _Stretch(pinned, stretch_frames, 0 if indexed else pinned[0], chroma, confidence)
-                _blend_backward(stretch, network, exemplars, memory, blend, should_stop, session_options)
-                yield from stretch.emit(forward, session_options)
+            i, s = t - first, self._distance(t)
+            forward_ab, forward_c = stretch.ab[i], stretch.confidence[i]
+            backward_ab = result.ab.to(forward_ab.device, forward_ab.dtype)
+            if self.blend == "pixel":
+                w = pixel_weight(s, stretch.maps[i], result.confidence_map.cpu())
+                mean_w = float(w.mean())
+            else:
+                w = mean_w = backward_weight(self.blend, s, forward_c, result.confidence)
+            stretch.ab[i] = (1 - w) * forward_ab + w * backward_ab
+            stretch.confidence[i] = (1 - mean_w) * forward_c + mean_w * result.confidence
+            if stretch.maps is not None:
+                stretch.maps[i] = (1 - w) * stretch.maps[i] + w * result.confidence_map.cpu()
+        log.info("backward pass over frames %d-%d blended (%s)", first, last, self.blend)
 
+    def _tail(self, ease: list[tuple[Tensor, float, Tensor | None]]) -> Iterator[ColorizedFrame]:
+        """Frames after last: the run restarted at the last exemplar, eased into the forward pass."""
+        last = self.last
+        if not self.frames.available(last + 1):
+            return
+        for result in self._run(restart_exemplars(self.exemplars, last), self.frames.rest(last)):
+            j = result.index
+            if j == 0:                  # the exemplar's frame, already given by the stretch
+                continue
+            if j > len(ease):
+                yield result._replace(index=last + j, confidence_map=self._map(result.confidence_map))
+                continue
+            w = ease_weight(j)
+            forward_ab, forward_c, forward_map = ease[j - 1]
+            ab = (1 - w) * forward_ab + w * result.ab
+            cmap = None if forward_map is None else (1 - w) * forward_map + w * result.confidence_map
+            yield self._compose(last + j, ab, (1 - w) * forward_c + w * result.confidence, cmap)
 
-class _Stretch:
-    """Frames first..last (the first and last pinned exemplar of a shot) between the two passes."""
+    def _frame(self, t: int, chroma: _Chroma, slot: int) -> ColorizedFrame:
+        cmap = None if chroma.maps is None else chroma.maps[slot]
+        return self._compose(t, chroma.ab[slot], chroma.confidence[slot], cmap)
 
-    def __init__(self, pinned: list[int], frames, offset: int, chroma: SpillBuffer, confidence: list[float]) -> None:
-        self.pinned, self.first, self.last = pinned, pinned[0], pinned[-1]
-        self.frames, self.offset, self.chroma, self.confidence = frames, offset, chroma, confidence
+    def _compose(self, t: int, ab: Tensor, confidence: float, cmap: Tensor | None) -> ColorizedFrame:
+        """The output frame t from its chroma, exactly as a session composes it (`compose_rgb`)."""
+        ab = ab.to(self.device)
+        rgb = compose_rgb(self.frames[t][None], ab[None], gamut=self.options.get("gamut", "clip"),
+                          device=self.device, output_device=self.options.get("output_device", "cpu"))[0]
+        return ColorizedFrame(t, rgb, ab, float(confidence), 0, self._map(cmap))
 
-    def frame(self, t: int) -> Tensor:
-        return self.frames[t - self.offset]
+    def _map(self, cmap: Tensor | None) -> Tensor | None:
+        return cmap.to(self.device) if self.want_maps and cmap is not None else None
 
-    def distance(self, t: int) -> float:
+    def _distance(self, t: int) -> float:
         """Where t lies between the exemplars around it: 0 at e_k, 1 at e_k+1."""
         k = bisect.bisect_right(self.pinned, t) - 1
         return (t - self.pinned[k]) / (self.pinned[k + 1] - self.pinned[k])
-
-    def emit(self, forward: ColorizeSession, options: dict) -> Iterator[ColorizedFrame]:
-        device = forward.device
-        for t in range(self.first, self.last + 1):
-            ab = self.chroma[t - self.first].to(device)
-            rgb = compose_rgb(self.frame(t)[None], ab[None], gamut=options.get("gamut", "clip"), device=device,
-                              output_device=options.get("output_device", "cpu"))[0]
-            yield ColorizedFrame(t, rgb, ab, self.confidence[t - self.first], 0)
-
-
-def _blend_backward(stretch: _Stretch, network: ColorMNet, exemplars: EncodedExemplars, memory: MemoryConfig | None,
-                    blend: Blend, should_stop: Callable[[], bool] | None, options: dict) -> None:
-    """Run the backward pass over the stretch and blend it into `stretch.chroma` and its confidence."""
-    first, last, pinned = stretch.first, stretch.last, set(stretch.pinned)
-    backward = ColorizeSession(network, mirror_exemplars(exemplars, first, last), memory, **options)
-    reversed_frames = (stretch.frame(t) for t in range(last, first - 1, -1))
-    for result in backward.run(reversed_frames, should_stop=should_stop):
-        t = last - result.index
-        if t in pinned:        # both passes show the exemplar here; keep the forward pass's bits
-            continue
-        i = t - first
-        w = backward_weight(blend, stretch.distance(t), stretch.confidence[i], result.confidence)
-        forward_ab = stretch.chroma[i]
-        stretch.chroma[i] = (1 - w) * forward_ab + w * result.ab.to(forward_ab.device, forward_ab.dtype)
-        stretch.confidence[i] = (1 - w) * stretch.confidence[i] + w * result.confidence
-    log.info("backward pass over frames %d-%d blended (%s)", first, last, blend)
-
-
-def _indexable(frames: Iterable[Tensor]) -> bool:
-    return isinstance(frames, (Tensor, Sequence, SpillBuffer))
-
-
-def _tap(frames: Iterable[Tensor], first: int, last: int, store: SpillBuffer) -> Iterator[Tensor]:
-    """Pass frames through, keeping frames first..last in `store`."""
-    for t, frame in enumerate(frames):
-        if first <= t <= last:
-            store.append(frame)
-        yield frame
 
 
 class PropagatingSession:
@@ -318,7 +394,7 @@ class PropagatingSession:
     def _split(self, frames: Iterable[Tensor]) -> Iterator[tuple[Shot | None, Iterable[Tensor]]]:
         """(shot, its frames) in order; shot None = the whole video as one shot, length unknown."""
         shots = self._shot_list
-        if self._auto and _indexable(frames):
+        if self._auto and ShotFrames.indexable(frames):
             shots = detect_shots(frames, config=self.shot_config)
         elif self._auto:
             yield from self._buffered_shots(frames)
@@ -326,7 +402,7 @@ class PropagatingSession:
         if shots is None:
             yield None, frames
             return
-        iterator = None if _indexable(frames) else iter(frames)
+        iterator = None if ShotFrames.indexable(frames) else iter(frames)
         for shot in shots:
             if iterator is None:
                 yield shot, frames[shot.first:shot.last + 1]
