@@ -20,34 +20,44 @@ pinned exemplar:
   over the frames e_first, e_first - 1, ..., 0 from the exemplar at e_first and the references.
 At a pinned exemplar's frame the output is the exemplar's colour, as in forward.
 
-Why restart at the last exemplar. Issue 16's design took the plain forward pass after e_last. Its
-memory still holds the frames before e_last, which drifted, while the frame just before e_last is
-(almost) the backward pass one frame from its exemplar, so the colours jumped there: 1.43-1.76x
-the median two-frame change on the pans below, against 0.59-0.88x at interior keyframes.
-Measured with `bench/propagation.py tails` (fixture weights, CPU, processing size 112; pans over
-the blackswan colour exemplar, so the true colours of every frame are known; "wipe" and the
-two-shot example as in `blend.py`; the passes are computed once and recombined, so rows differ
-only by the tail): pop at e_last (x median), CDC, and the error against the true colours over the
-frames after e_last (mean CIELAB ab distance):
+Why a restart eased in after the last exemplar. Issue 16's design took the plain forward pass
+after e_last. Its memory still holds the frames before e_last, which drifted, while the frame just
+before e_last is (almost) the backward pass one frame from its exemplar: the colours jumped there,
+1.24-1.76x the median two-frame change on the pans below, against 0.59-0.88x at interior keyframes.
+Measured with `bench/propagation.py choices` (fixture weights, CPU, processing size 112, 2026-12-06;
+clips in that file: pans over the blackswan colour exemplar, W x P = P px per frame, whose true
+colours are known; "wipe"; "head" = a 30-frame pan with the whole picture as reference; the shipped
+two-shot example at 416x240 without its shot list; the runs computed once and recombined, so rows
+differ only by what happens after e_last). Each cell: pop at e_last (x median), CDC, and the mean
+CIELAB ab error against the true colours over the frames after e_last:
 
-| clip, keyframes | forward (issue 16) | restart only | restart + earlier exemplars as references | ease 4 (chosen) | ease 8 | ease over the last gap |
-|---|---|---|---|---|---|---|
-TABLE_TAILS
+| clip, keyframes | issue 16 | restart | restart + refs | ease 4 (chosen) | ease 8 |
+|---|---|---|---|---|---|
+| pan 24, 0,12,20 | 1.43 .03974 39.5 | 0.82 .03841 35.1 | 0.99 .03871 36.4 | 0.80 .03852 36.3 | 0.79 .03833 35.6 |
+| pan 30, 0,12,24 | 1.76 .03691 41.0 | 0.78 .03542 35.4 | 0.92 .03576 36.7 | 0.81 .03626 38.3 | 0.78 .03562 36.7 |
+| pan 40, 0,10,20 | 1.46 .02975 38.7 | 0.72 .03362 38.8 | 0.87 .03243 38.1 | 0.71 .02994 38.2 | 0.70 .03049 37.9 |
+| pan 24x6, 0,8,16 | 1.24 .04499 41.8 | 0.81 .05027 41.3 | 0.76 .04686 40.6 | 0.68 .04555 40.9 | 0.74 .04700 40.6 |
+| wipe, 0,10,20 | 0.80 .04089 38.2 | 0.57 .04166 39.8 | 0.59 .04195 40.7 | 0.53 .04136 38.9 | 0.54 .04147 39.3 |
+| head, 6,14,22 | 1.67 .04221 40.9 | 0.86 .04265 36.7 | 0.81 .04219 37.2 | 0.69 .04189 39.1 | 0.77 .04175 37.8 |
+| two-shot, 0,12 | 1.36 .03564 | 1.22 .03775 | - | 1.26 .03609 | 1.23 .03672 |
 
-* restart only removes the pop and the drift (error -4.2 to -5.5 on three clips) but its CDC is
-  up to 13 % above issue 16's (pan 40: every later memory frame of the restarted run, which holds
-  few frames, moves the fixture network's colours more than the forward pass's does); adding the
-  earlier exemplars as references is between the two;
-* easing keeps the pop as low (0.53-0.81x on the pans) and holds CDC within -3.1 %..+1.3 % of issue
-  16's on every clip, with the tail's error below issue 16's on four of five clips. Longer eases
-  lower the error a little more and raise CDC (up to +3.0 % at 8, +3.7 % over the gap): 4 frames.
+("restart + refs": the earlier exemplars of the shot as references of the restarted run; "ease N":
+the restarted run eased into the forward pass over N frames; two-shot: frame 12 is also a cut.)
+* The restart alone removes the pop and most of the drift (error -4.2 to -5.5 on three clips) but
+  raises CDC by up to 13 % (pan 40, pan 24x6): the restarted run holds few memory frames, so each
+  new one moves the fixture network's colours more than in the forward pass; with the earlier
+  exemplars as references it is in between (up to +9 %).
+* The 4-frame ease keeps the pop as low (0.53-0.81x; 1.26x across the two-shot cut) and CDC within
+  -3.1 %..+1.3 % of issue 16's on every clip, with the error after e_last lower on five clips of
+  six (wipe +0.8). Longer eases lower that error a little more but raise CDC by up to +4.5 % (8
+  frames, or as many as the last stretch is long). Hence 4 (`blend.EASE_FRAMES`).
 
-Head. Before e_first the forward pass reads only the references; at e_first+1 it has the exemplar,
-so the colours jumped there, exactly like forward's keyframe pop (4.06x on a 30-frame pan with the
-whole exemplar picture as reference and keyframes 6, 14, 22). A run from e_first backwards takes
-it to 0.89x (0.89x also with the forward pass started at e_first instead of 0: the mirror of the
-backward pass; 1.64x when the forward pass starts at 0, as its memory then holds the
-reference-only frames), the error over the head from 45.1 to 34.7, and CDC from 0.0560 to 0.0427.
+Head. Before e_first the forward pass reads only the references; at e_first + 1 it has the
+exemplar, so the colours jump there like forward's own keyframe pop. Same measures, clip "head"
+(pop at e_first / CDC / error over the frames before it): forward pass from frame 0 before it
+(issue 16) 3.71 / .05514 / 45.1; a run back from e_first, forward pass from frame 0 (its memory
+then holds the reference-only frames) 1.50 / .04436 / 34.7; a run back from e_first and the
+forward pass started at e_first (the mirror of the backward pass; chosen) 0.83 / .04189 / 34.7.
 
 Streaming and memory: frames are read once, in order. The chroma of the stretch (2 x h x w float32
 at the processing size; with the per-pixel blend also its confidence, 1 x h x w) and, unless the

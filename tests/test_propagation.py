@@ -101,7 +101,6 @@ def test_pixel_confidence_is_low_where_memory_has_not_seen_the_picture(golden_ne
     half = wiped_map.shape[-1] // 2
     left, right = wiped_map[..., :half - 16].mean().item(), wiped_map[..., half + 16:].mean().item()
     assert right < 0.8 * left, (left, right)
-    assert abs(wiped_map[..., :half - 16].mean().item() - seen[..., :half - 16].mean().item()) < 0.15
 
 
 def test_pixel_weight_is_the_distance_where_confidence_is_flat_and_leans_where_it_is_not():
