@@ -9,13 +9,14 @@ import sys
 import pytest
 import torch
 
-from colormnet_core import metrics, propagation
+from colormnet_core import blend, metrics
+from colormnet_core.bidirectional import mirror_exemplars, restart_exemplars
 from colormnet_core.blend import EASE_FRAMES, ease_weight, pixel_weight
 from colormnet_core.compose import compose_rgb
 from colormnet_core.errors import InputError
 from colormnet_core.exemplars import EncodedExemplars, Exemplar
 from colormnet_core.preprocess import ProcessingSize
-from colormnet_core.propagation import colorize_shot, make_session, mirror_exemplars, restart_exemplars
+from colormnet_core.propagation import colorize_shot, make_session
 from colormnet_core.session import ColorizeSession
 from colormnet_core.shots import Shot
 from colormnet_core.spill import SpillBuffer
@@ -142,8 +143,8 @@ def test_pixel_blend_mixes_the_passes_per_pixel(golden_network):
 def test_backward_pass_and_tail_are_plain_runs_over_their_frames(golden_network, monkeypatch):
     clip = panning_clip(14)
     keys = (0, 4, 8)
-    monkeypatch.setattr(propagation, "backward_weight", lambda *args: 1.0)      # backward pass only
-    monkeypatch.setattr(propagation, "ease_weight", lambda offset: 1.0)          # restarted run only
+    monkeypatch.setattr(blend, "backward_weight", lambda *args: 1.0)      # backward pass only
+    monkeypatch.setattr(blend, "ease_weight", lambda offset: 1.0)          # restarted run only
     streamed = (frame for frame in clip)                                         # buffered, spilled to disk
     exemplars = pinned(clip, keys)
     out = list(colorize_shot(golden_network, streamed, exemplars, propagation="bidirectional", size=SMALL,
@@ -186,6 +187,24 @@ def test_one_exemplar_per_shot_is_forward_bit_for_bit(golden_network):
         assert (f.index, f.shot, f.confidence) == (b.index, b.shot, b.confidence)
         assert torch.equal(f.ab, b.ab) and torch.equal(f.rgb, b.rgb), f"frame {f.index}"
     assert session.report()["shots"] == [[0, 3], [4, 7]]
+
+
+def test_film_shots_rendered_with_an_older_bidirectional_design_are_stale(monkeypatch):
+    from fractions import Fraction
+
+    from colormnet_core.film import jobs
+
+    def job(propagation: str, pinned: tuple[int, ...]) -> jobs.ShotJob:
+        span = jobs.ShotSpan(None, (0, 1, 2), Fraction(1, 24), Fraction(24))
+        files = tuple(jobs.ExemplarFile(f"{f}.png", f, str(f) * 64) for f in pinned)
+        return jobs.ShotJob(0, 0, 2, "film.mp4", "s" * 64, span, files, jobs.FilmSettings(propagation=propagation),
+                            "c" * 64)
+
+    cases = [job("forward", (0, 2)), job("bidirectional", (0,)), job("bidirectional", (0, 2))]
+    before = [j.fingerprint for j in cases]
+    monkeypatch.setattr(jobs, "BIDIRECTIONAL_VERSION", jobs.BIDIRECTIONAL_VERSION + 1)
+    after = [j.fingerprint for j in cases]
+    assert after[:2] == before[:2] and after[2] != before[2]     # only shots whose output the design changes
 
 
 def test_bad_propagation_options_are_explained(golden_network):
