@@ -41,7 +41,7 @@ CIELAB ab error against the true colours over the frames after e_last:
 
 ("restart + refs": the earlier exemplars of the shot as references of the restarted run; "ease N":
 the restarted run eased into the forward pass over N frames; two-shot: frame 12 is also a cut.)
-* The restart alone removes the pop and most of the drift (error -4.2 to -5.5 on three clips) but
+* The restart alone removes the pop and most of the drift (error -4.2 to -5.6 on three clips) but
   raises CDC by up to 13 % (pan 40, pan 24x6): the restarted run holds few memory frames, so each
   new one moves the fixture network's colours more than in the forward pass; with the earlier
   exemplars as references it is in between (up to +9 %).
