@@ -1,5 +1,6 @@
-"""Bidirectional propagation between exemplars (propagation.py), its buffers (spill.py) and the RGB
-rebuild (compose.py): exactness against plain sessions, and fewer keyframe pops on a made clip."""
+"""Bidirectional propagation (propagation.py, bidirectional.py, blend.py), per-pixel confidence, the
+buffers (spill.py) and the RGB rebuild (compose.py): every run of a shot against a plain session, and
+no keyframe pops on a made clip, not even at the last exemplar."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from colormnet_core.preprocess import ProcessingSize
 from colormnet_core.propagation import colorize_shot, make_session
 from colormnet_core.session import ColorizeSession
 from colormnet_core.shots import Shot
-from colormnet_core.spill import SpillBuffer
+from colormnet_core.spill import ShotFrames, SpillBuffer
 
 from . import golden
 
@@ -64,6 +65,26 @@ def test_spill_buffer_moves_to_disk_only_past_its_limit(tmp_path):
         assert not buffer.spilled
         buffer.append(frame + 2)
         assert buffer.spilled and [int(f[0, 0, 0]) for f in buffer] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_shot_frames_read_a_stream_once_and_give_any_frame_back(tmp_path, stream):
+    frames = [torch.full((1, 2, 2), t, dtype=torch.uint8) for t in range(6)]
+    reads = []
+
+    def source():
+        for frame in frames:
+            reads.append(int(frame[0, 0, 0]))
+            yield frame
+
+    with SpillBuffer(ram_limit=0, directory=tmp_path) as buffer:
+        shot = ShotFrames(source() if stream else frames, lambda what: buffer)
+        assert shot.available(2) and [int(f[0, 0, 0]) for f in shot.span(1, 3)] == [1, 2]
+        assert [int(shot[t][0, 0, 0]) for t in (2, 0)] == [2, 0]
+        assert [int(f[0, 0, 0]) for f in shot.rest(1)] == [1, 2, 3, 4, 5]
+        assert shot.read == (3 if stream else 6)           # past what was buffered, a stream passes through
+        assert not shot.available(6)
+    assert reads == ([0, 1, 2, 3, 4, 5] if stream else [])          # each frame decoded once
 
 
 @pytest.mark.slow
