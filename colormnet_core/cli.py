@@ -78,8 +78,13 @@ def add_colorize_parser(subparsers) -> None:
     p.add_argument("--propagation", default="forward", choices=["forward", "bidirectional"],
                    help="forward (official): each exemplar colours the frames after it; bidirectional: between two "
                         "exemplars of a shot, blend a forward pass and a backward pass, so colours do not jump at "
-                        "keyframes (about twice the work between the first and last exemplar; the stretch is "
+                        "keyframes, and a run restarted at a shot's last (and first) exemplar continues after (and "
+                        "before) it (about twice the work between the first and last exemplar; the stretch is "
                         "buffered, on disk when long)")
+    p.add_argument("--blend", default="distance", choices=["distance", "pixel"],
+                   help="bidirectional only: mix the two passes per frame by the distance to the exemplars "
+                        "(default), or per pixel by distance and each pass's match confidence (see "
+                        "colormnet_core/blend.py for the measurements)")
     p.add_argument("--report", default=None, metavar="JSON",
                    help="write shots, per-frame match confidence and the frames that need an exemplar here")
     add_memory_arguments(p, references=True)
@@ -153,7 +158,8 @@ def run_colorize(args: argparse.Namespace) -> int:
     network = load_model(checkpoint, device=device)
     log.info("checkpoint %s: %s", checkpoint.name, describe_network(network))
     session = make_session(network, exemplars, memory, size=size, device=device, precision=args.dtype,
-                           key_batch=args.key_batch, compile=args.compile, shots=shots, propagation=args.propagation)
+                           key_batch=args.key_batch, compile=args.compile, shots=shots, propagation=args.propagation,
+                           **({"blend": args.blend} if args.propagation == "bidirectional" else {}))
     total = source.estimated_count
     # Temporal metrics for the report, from the frames as they stream (bounded memory, see ShotMetrics).
     metrics = ShotMetrics(exemplars.pinned_frames) if args.report else None

@@ -29,9 +29,11 @@ against another shot's memory). `shots.needs_exemplar(low=...)` may need retunin
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .memory import MemoryStats, MFPMemory
+from .preprocess import Geometry
 
 
 class MemoryConfidence:
@@ -65,6 +67,11 @@ class MemoryConfidence:
 
     def frame(self) -> Tensor:
         """Confidence (0-dim float32 tensor in [0, 1], on the memory's device) of the last read."""
+        return self.pixels().mean()
+
+    def pixels(self) -> Tensor:
+        """Per-pixel confidence of the last read: float32 `n` in [0, 1], one per query pixel of the
+        stride-16 grid (row-major), on the memory's device; `frame()` is its mean."""
         memory = self.memory
         similarity, index = memory.last_read_similarity, memory.last_read_index
         stats, hw = memory.stats, memory.frame_elements
@@ -79,4 +86,13 @@ class MemoryConfidence:
             if frames:
                 parts.append(torch.stack(frames).repeat_interleave(hw))
         source = torch.cat(parts)
-        return (similarity[0].exp() * source[index[0]]).mean()
+        return similarity[0].exp() * source[index[0]]
+
+
+def pixel_map(grids: Tensor, geometry: Geometry) -> Tensor:
+    """Per-pixel confidence at the processing size: grids `B x h16 x w16` (the stride-16 grid of the
+    padded frame, `MemoryConfidence.pixels` reshaped) -> `B x 1 x h x w` float32 in [0, 1], unpadded
+    like the session's chroma. Bilinear (align_corners=False), which puts each grid value at the
+    centre of its 16 x 16 block, as the network's own upsampling does."""
+    up = F.interpolate(grids[:, None].float(), scale_factor=16, mode="bilinear", align_corners=False)
+    return geometry.padding.crop(up).contiguous()

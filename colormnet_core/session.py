@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .allocator import retain_freed_memory
+from .confidence import pixel_map
 from .config import MemoryConfig, working_precision
 from .errors import Cancelled, InputError
 from .exemplars import EncodedExemplars
@@ -45,13 +46,17 @@ class ColorizedFrame(NamedTuple):
     """index; rgb `3 x H x W` float32 sRGB in [0, 1] at the input resolution (on `output_device`);
     ab `2 x h x w` normalised chroma (a/110, b/110) at the processing size, unpadded (the official
     network-resolution output); confidence in [0, 1] (see `ColorizeSession`; 1.0 at a pinned
-    exemplar's frame); shot: index of the frame's shot (0 without shots)."""
+    exemplar's frame); shot: index of the frame's shot (0 without shots); confidence_map: the
+    per-pixel confidence `1 x h x w` float32 in [0, 1] at the processing size, unpadded like ab (its
+    mean over the stride-16 grid is `confidence`; see `confidence.pixel_map`), on the compute device,
+    or None when the session was not asked for it (`pixel_confidence=True`)."""
 
     index: int
     rgb: Tensor
     ab: Tensor
     confidence: float = 1.0
     shot: int = 0
+    confidence_map: Tensor | None = None
 
 
 class ColorizeSession:
@@ -75,6 +80,8 @@ class ColorizeSession:
     stride-16 pixels of exp(best memory similarity) times the confidence of the frame that best
     match was memorised from; 1.0 at exemplars. Low = nothing in memory that traces back to an
     exemplar resembles the frame (new content, or a shot read against another shot's memory).
+    pixel_confidence: also give every frame that value per pixel (`ColorizedFrame.confidence_map`,
+    at the processing size; bidirectional propagation blends by it).
     """
 
     def __init__(
@@ -94,6 +101,7 @@ class ColorizeSession:
         shots: Sequence[Shot] | Literal["auto"] | None = None,
         shot_config: ShotDetectorConfig | None = None,
         reset_at_cuts: bool = True,
+        pixel_confidence: bool = False,
     ) -> None:
         if precision not in _AMP:
             raise InputError(f"precision must be float32, bfloat16 or float16, not {precision!r}.")
@@ -113,6 +121,7 @@ class ColorizeSession:
         self.output_device = torch.device(output_device)
         self.on_memory_event = on_memory_event
         self.gamut = gamut
+        self.pixel_confidence = pixel_confidence
         self._stages = _CompiledStages(network) if compile else network
         self._pipeline = FramePipeline(network, self._stages, exemplars, self.size, self.device, self.amp_dtype,
                                        gamut, self.output_device)
@@ -246,14 +255,19 @@ class ColorizeSession:
                  should_stop: Callable[[], bool] | None = None) -> Iterator[ColorizedFrame]:
         first = self._t + 1
         encoded = self._pipeline.encode(frames, first)
-        predictions = []
+        predictions, grids = [], []
         for i, last in enumerate(lasts):
             if should_stop is not None and should_stop():
                 raise Cancelled(f"cancelled after {self._t + 1} frames.")
-            predictions.append(self._step(encoded.images[i:i + 1], encoded.key(i), last))
+            key = encoded.key(i)
+            predictions.append(self._step(encoded.images[i:i + 1], key, last))
+            if self.pixel_confidence:
+                grid = self._run.pixel_confidence
+                grids.append(key.key.new_ones(key.key.shape[-2:], dtype=torch.float32) if grid is None else grid)
         rgb, ab = self._pipeline.compose(encoded.lab, torch.cat(predictions))
+        maps = pixel_map(torch.stack(grids), self.geometry) if grids else [None] * len(lasts)
         for i in range(len(lasts)):
-            yield ColorizedFrame(first + i, rgb[i], ab[i])
+            yield ColorizedFrame(first + i, rgb[i], ab[i], confidence_map=maps[i])
 
     def _step(self, image: Tensor, key: EncodedKey, last: bool) -> Tensor:
         """Frame bookkeeping (shots, reset, confidence) around `ShotRun.step`; returns the padded

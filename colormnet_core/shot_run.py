@@ -69,6 +69,9 @@ class ShotRun:
         self._hidden: Tensor | None = None
         self._last_key: Tensor | None = None
         self._last_value: Tensor | None = None
+        # The last step's per-pixel confidence, `h16 x w16` (MemoryConfidence.pixels); None = 1
+        # everywhere (a pinned exemplar's frame).
+        self.pixel_confidence: Tensor | None = None
 
     @property
     def next_frame(self) -> int:
@@ -87,6 +90,7 @@ class ShotRun:
         references = self._references if t == 0 else []
         tagged = self._tagged.get(frame, [])
         confidence: Tensor | float = 1.0
+        self.pixel_confidence = None
         sync = cfg.deep_update_every < 0
         is_mem = ((t - self._last_mem_t >= cfg.mem_every) or pinned is not None or bool(references)
                   or bool(tagged)) and not last
@@ -120,7 +124,9 @@ class ShotRun:
                 self._hidden = net.empty_hidden(key.features.f16)
             else:
                 readout = memory.read(key.key, key.selection, frame_index=frame)
-                confidence = tracker.frame()
+                pixels = tracker.pixels()
+                confidence = pixels.mean()
+                self.pixel_confidence = pixels.view(key.key.shape[-2:])
                 if not references and not tagged:
                     readout = readout + net.read_short_term(key.key, self._last_key, self._last_value)
                 prediction, out = net.decode(key.features, readout, self._hidden, update_hidden=is_normal)

@@ -7,13 +7,15 @@ a mapped buffer read end to end looks like (and, under pressure, competes like) 
 `seek`/`readinto` keeps the process at one slot at a time, and the kernel's page cache, which it
 can drop at will, does the rest. The file is anonymous (`tempfile.TemporaryFile`): it disappears
 when closed, and on POSIX even if the process dies.
+
+`ShotFrames` puts one shot's frames behind an index, buffering a stream in a `SpillBuffer`.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -144,3 +146,55 @@ class SpillBuffer:
                 f"cannot write {self.what} to the temporary file ({e}); {self.nbytes / 2**20:.0f} MiB are needed "
                 f"in {self.directory or tempfile.gettempdir()}: free disk space there or point spill_dir (or "
                 f"TMPDIR) to a larger disk.") from e
+
+
+class ShotFrames:
+    """One shot's frames by index, read once: an indexed input (a `T x C x H x W` tensor, a list) is
+    used in place; a stream is buffered in a `SpillBuffer` as far as it has been read, so the frames
+    can be read again in any order (backward passes) without decoding backwards.
+
+    `available(t)`: whether frame t exists (reads the stream up to it); `shot[t]`: frame t (after
+    `available(t)`); `span(a, b)`: frames a..b-1 in order as far as they exist, read lazily;
+    `rest(a)`: frames a, a+1, ... to the end (the part of a stream past what was buffered is passed
+    through, not buffered). `buffer` makes the stream's buffer (closed by its owner)."""
+
+    def __init__(self, frames, buffer: Callable[[str], SpillBuffer]) -> None:
+        self.indexed = self.indexable(frames)
+        self._frames = frames if self.indexed else buffer("buffered frames")
+        self._stream: Iterator[Tensor] | None = None if self.indexed else iter(frames)
+
+    @staticmethod
+    def indexable(frames) -> bool:
+        """Whether `frames` can be read by index (and so need no buffer)."""
+        return isinstance(frames, (Tensor, Sequence, SpillBuffer))
+
+    @property
+    def read(self) -> int:
+        """How many frames are known to exist (all of an indexed input; a stream's buffered ones)."""
+        return len(self._frames)
+
+    def available(self, t: int) -> bool:
+        while self._stream is not None and len(self._frames) <= t:
+            frame = next(self._stream, None)
+            if frame is None:
+                self._stream = None
+                break
+            self._frames.append(frame)
+        return t < len(self._frames)
+
+    def __getitem__(self, t: int) -> Tensor:
+        return self._frames[t]
+
+    def span(self, a: int, b: int) -> Iterator[Tensor]:
+        for t in range(a, b):
+            if not self.available(t):
+                return
+            yield self._frames[t]
+
+    def rest(self, a: int) -> Iterator[Tensor]:
+        t = a
+        while t < len(self._frames):
+            yield self._frames[t]
+            t += 1
+        if self._stream is not None:
+            yield from self._stream

@@ -122,7 +122,8 @@ def propagation_input() -> dict:
     return {"propagation": (PROPAGATIONS, {"default": "forward", "tooltip": (
         "forward: the official one-way propagation (each keyframe's colours flow forward only, so they can jump "
         "at the next keyframe). bidirectional: between two exemplars of a shot, a pass from each is blended by "
-        "distance, so colours glide into every keyframe; it costs about a second pass over the frames between a "
+        "distance, so colours glide into every keyframe, and after the shot's last keyframe a run restarted there "
+        "takes over, so they do not jump there either; it costs about a second pass over the frames between a "
         "shot's first and last exemplar (buffered in ComfyUI's temp folder). With one exemplar per shot both "
         "give the same result.")})}
 

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..bidirectional import BIDIRECTIONAL_VERSION
 from ..config import MemoryConfig
 from ..errors import InputError
 from ..preprocess import ProcessingSize
@@ -118,6 +119,9 @@ class ShotJob:
             "render_version": RENDER_VERSION, "first": self.first, "last": self.last,
             "source": self.source_fingerprint, "checkpoint": self.checkpoint_sha256,
             "exemplars": [[e.frame, e.sha256] for e in self.exemplars], "settings": self.settings.to_json()}
+        if self.settings.propagation == "bidirectional" and sum(e.frame is not None for e in self.exemplars) > 1:
+            # Only such shots differ from forward; a new bidirectional design makes them (and only them) stale.
+            made_from["bidirectional_version"] = BIDIRECTIONAL_VERSION
         return hashlib.sha256(json.dumps(made_from, sort_keys=True).encode()).hexdigest()
 
     def to_json(self) -> dict:
