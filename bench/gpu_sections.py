@@ -293,8 +293,8 @@ def propagation_section(ctx: Context, section: dict) -> None:
     inner = [t for t in range(count) if t not in keys]
     moved = max((forward[t].ab.cpu() - both[t].ab.cpu()).abs().max().item() for t in inner)
     target = rgb_to_lab(truth.double() / 255)[:, 1:]
-    error = {name: (propagation_bench.chroma(results) - target).abs().mean().item()
-             for name, results in (("forward", forward), ("bidirectional", both))}
+    error = {name: (propagation_bench.chroma(torch.stack([r.rgb.cpu() for r in results])) - target)
+             .abs().mean().item() for name, results in (("forward", forward), ("bidirectional", both))}
     checks = {f"{count} frames each": len(forward) == len(both) == count,
               "finite, in [0, 1]": all(bool(torch.isfinite(r.rgb).all()) and r.rgb.min() >= 0 and r.rgb.max() <= 1
                                        for r in forward + both),
