@@ -21,7 +21,6 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
-from torch.utils.data.distributed import DistributedSampler
 
 from ..errors import InputError
 from .augment import ClipAugmentation, PictureAugmentation, lab_planes
@@ -169,23 +168,33 @@ class PictureDataset(Dataset):
 
 
 class KeyedSampler(Sampler):
-    """This process's share of an epoch as `(dataset index, item seed)` pairs, from `start` on.
+    """This process's share of one epoch, as `(dataset index, item seed)` pairs.
 
-    The epoch's order is DistributedSampler's (shuffled by seed + epoch, padded to a multiple of the
-    number of processes, rank r taking positions r, r + R, ...); the item seed is keyed by the global
-    position, so a run with R processes of batch b draws what one process of batch R*b draws.
-    `start` counts this process's items already consumed (a resume mid-epoch)."""
+    An epoch is a random order of the items (torch.randperm seeded with seed + epoch, as
+    DistributedSampler does) cut into global batches of `batch_size`, the last incomplete one dropped
+    (the official loader drops it too). Rank r takes the slice [r b, (r + 1) b) of every global batch,
+    b = batch_size / world_size: the clips that DDP rank r computes as clips r b... of the global batch.
+    Unlike DistributedSampler's interleaving, this makes an epoch the same global batches on any number
+    of processes. `start`: global batches of the epoch already consumed (a resume).
+    """
 
-    def __init__(self, dataset: Dataset, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
+    def __init__(self, size: int, *, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
                  start: int = 0) -> None:
-        self.order = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-        self.order.set_epoch(epoch)
-        self.seed, self.epoch, self.rank, self.world_size, self.start = seed, epoch, rank, world_size, start
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} is not divisible by {world_size} processes")
+        self.size, self.batch_size, self.seed, self.epoch = size, batch_size, seed, epoch
+        self.rank, self.local = rank, batch_size // world_size
+        self.batches = size // batch_size
+        self.start = start
 
     def __len__(self) -> int:
-        return max(0, len(self.order) - self.start)
+        return max(0, self.batches - self.start) * self.local
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for k, index in enumerate(self.order):
-            if k >= self.start:
-                yield int(index), item_seed(self.seed, self.epoch, k * self.world_size + self.rank)
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        for k in range(self.start, self.batches):
+            for j in range(self.local):
+                position = k * self.batch_size + self.rank * self.local + j
+                yield order[position], item_seed(self.seed, self.epoch, position)

@@ -88,7 +88,7 @@ class Trainer:
             raise InputError(f"the batch size ({stage.batch_size}) must be divisible by the number of processes "
                              f"({group.world_size}), as in the official trainer.")
         self.local_batch = stage.batch_size // group.world_size
-        if data is not None and -(-len(data) // group.world_size) < self.local_batch:
+        if data is not None and len(data) < stage.batch_size:
             raise InputError(f"{len(data)} training item(s) cannot fill a batch of {stage.batch_size}: add clips or "
                              f"pictures, or lower --batch-size.")
         self.amp = group.device.type == "cuda" if amp is None else amp
@@ -167,8 +167,9 @@ class Trainer:
     def _loader(self) -> DataLoader:
         pos, group = self.position, self.group
         dataset = self.data.phase(max_skip=pos.max_skip, finetune=pos.finetune)
-        sampler = KeyedSampler(dataset, seed=self.data_seed, epoch=pos.epoch, rank=group.rank,
-                               world_size=group.world_size, start=pos.consumed // group.world_size)
+        sampler = KeyedSampler(len(dataset), batch_size=self.stage.batch_size, seed=self.data_seed, epoch=pos.epoch,
+                               rank=group.rank, world_size=group.world_size,
+                               start=pos.consumed // self.stage.batch_size)
         return DataLoader(dataset, batch_size=self.local_batch, sampler=sampler, num_workers=self.num_workers,
                           collate_fn=collate, drop_last=True, pin_memory=group.device.type == "cuda",
                           worker_init_fn=_quiet_worker if self.num_workers else None)
