@@ -209,3 +209,33 @@ def test_training_checkpoint_is_replaced_atomically(tmp_path, monkeypatch):
     (tmp_path / "last.ckpt").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="damaged"):
         load_training_state(tmp_path)
+
+
+def test_official_initialisation_from_pretrained_backbones(tmp_path):
+    from safetensors.torch import save_file
+
+    from colormnet_core.backbones import ResNetTrunk, build_dinov2_vits14
+    from colormnet_core.network import ColorMNet
+    from colormnet_core.training.families import PretrainedBackbones, official_initialisation
+
+    torch.manual_seed(0)
+    vit, r50, r18 = build_dinov2_vits14(), ResNetTrunk("resnet50"), ResNetTrunk("resnet18")
+    dino_state = {**vit.state_dict(), "mask_token": torch.full((1, 384), 0.5)}
+    torch.save(dino_state, tmp_path / "dinov2.pth")
+    save_file({k: v.contiguous() for k, v in r50.state_dict().items()}, str(tmp_path / "r50.safetensors"))
+    torch.save({**r18.state_dict(), "fc.weight": torch.zeros(1000, 512)}, tmp_path / "r18.pth")   # extra keys: ignored
+    network = ColorMNet()
+    backbones = PretrainedBackbones(tmp_path / "dinov2.pth", tmp_path / "r50.safetensors", tmp_path / "r18.pth")
+    official_initialisation(network, backbones, seed=1)
+    state = network.state_dict()
+    assert torch.equal(state["key_encoder.dino.vit.blocks.3.attn.qkv.weight"], vit.state_dict()["blocks.3.attn.qkv.weight"])
+    assert torch.equal(state["key_encoder.dino.mask_token"], dino_state["mask_token"])
+    assert torch.equal(state["key_encoder.cnn.layer3.5.conv3.weight"], r50.state_dict()["layer3.5.conv3.weight"])
+    conv1 = state["value_encoder.cnn.conv1.weight"]                       # 64 x 5 x 7 x 7: RGB + 2 chroma
+    assert torch.equal(conv1[:, :3], r18.state_dict()["conv1.weight"]) and conv1[:, 3:].abs().sum() > 0
+    key = state["key_proj.key.weight"].flatten(1)                          # orthogonal rows, zero bias
+    torch.testing.assert_close(key @ key.T, torch.eye(64), atol=1e-4, rtol=0)
+    assert not state["key_proj.key.bias"].any()
+    with pytest.raises(InputError, match="does not hold ResNet-50"):
+        official_initialisation(network, PretrainedBackbones(tmp_path / "dinov2.pth", tmp_path / "r18.pth",
+                                                             tmp_path / "r18.pth"), seed=1)

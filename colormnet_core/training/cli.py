@@ -12,6 +12,7 @@ import torch
 
 from ..errors import InputError
 from .config import OFFICIAL_SEED, RunConfig, parse_duration
+from .families import PretrainedBackbones
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,9 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--pictures", default=None, help="stage 0 data: folder of colour pictures")
     p.add_argument("--stages", default="2", help="official stage codes in order: 2 (clips, default), 0 (pictures), 02")
     p.add_argument("--init", default=None, help="start from this checkpoint (.pth or .safetensors)")
+    p.add_argument("--dinov2", default=None, help="from scratch: DINOv2 ViT-S/14 (dinov2_vits14_pretrain.pth)")
+    p.add_argument("--resnet50", default=None, help="from scratch: ImageNet ResNet-50 (resnet50-0676ba61.pth)")
+    p.add_argument("--resnet18", default=None, help="from scratch: ImageNet ResNet-18 (resnet18-5c106cde.pth)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--time-budget", default=None, help="stop at a checkpoint within: 8h, 30m, 90s")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
@@ -99,12 +103,16 @@ def run_train(args: argparse.Namespace) -> int:
         raise InputError("--device cuda but no CUDA GPU is available: use --device cpu (slow) or a machine with a GPU.")
     budget = parse_duration(args.time_budget) if args.time_budget else None
     roots = DataRoots(Path(args.clips) if args.clips else None, Path(args.pictures) if args.pictures else None)
+    named = [args.dinov2, args.resnet50, args.resnet18]
+    if any(named) and not all(named):
+        raise InputError("training from scratch needs all three of --dinov2, --resnet50 and --resnet18.")
+    backbones = PretrainedBackbones(*map(Path, named)) if all(named) else None
     group = distributed.start(device)
     stopper = _StopOnSignal()
     try:
         outcome = train(Path(args.out), run, roots, group=group, init=Path(args.init) if args.init else None,
-                        resume=args.resume, time_budget=budget, max_steps=args.max_steps, should_stop=stopper,
-                        progress=not args.no_progress)
+                        backbones=backbones, resume=args.resume, time_budget=budget, max_steps=args.max_steps,
+                        should_stop=stopper, progress=not args.no_progress)
     finally:
         stopper.restore()
         distributed.stop(group)

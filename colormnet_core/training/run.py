@@ -24,6 +24,7 @@ from ..network import ColorMNet
 from .config import RunConfig, StageConfig
 from .datasets import ClipFolderDataset, PictureDataset
 from .distributed import ProcessGroup, any_rank, barrier
+from .families import PretrainedBackbones, official_initialisation
 from .monitor import Monitor
 from .state import LAST, DataPosition, load_training_state, save_training_state
 from .trainer import Trainer
@@ -76,7 +77,8 @@ def _check_same_run(saved: dict, current: dict, folder: Path) -> None:
 
 
 def train(out: Path, run: RunConfig, roots: DataRoots, *, group: ProcessGroup, init: Path | None = None,
-          resume: bool = False, time_budget: float | None = None, max_steps: int | None = None,
+          backbones: PretrainedBackbones | None = None, resume: bool = False, time_budget: float | None = None,
+          max_steps: int | None = None,
           should_stop: Callable[[], bool] | None = None, progress: bool = True) -> RunOutcome:
     """Train (or resume) the run in `out`. Stops at a checkpoint when every stage is done, when
     `time_budget` seconds would be exceeded by another step, after `max_steps` steps of this call,
@@ -93,7 +95,7 @@ def train(out: Path, run: RunConfig, roots: DataRoots, *, group: ProcessGroup, i
         if (out / LAST).exists():
             raise InputError(f"{out} already holds a training run: add --resume to continue it, or choose another "
                              f"--out folder.")
-        network = load_model(init) if init is not None else ColorMNet()
+        network = _initial_network(init, backbones, run.seed)
         if group.is_main:
             from ..film.records import write_json
 
@@ -144,6 +146,18 @@ def train(out: Path, run: RunConfig, roots: DataRoots, *, group: ProcessGroup, i
             monitor.close()
         network = trainer.tuned_network().requires_grad_(True)
     return RunOutcome(True, "finished", len(run.stages) - 1, run.stages[-1].total_steps, tuple(exports), out / LAST)
+
+
+def _initial_network(init: Path | None, backbones: PretrainedBackbones | None, seed: int) -> ColorMNet:
+    if init is not None:
+        return load_model(init)
+    if backbones is None:
+        raise InputError("give --init CHECKPOINT to train on from a ColorMNet checkpoint (e.g. the official "
+                         "weights), or --dinov2/--resnet50/--resnet18 to train from the pretrained backbones as the "
+                         "official code does; without either, the frozen DINOv2 branch would stay random.")
+    network = ColorMNet()
+    official_initialisation(network, backbones, seed=seed)
+    return network
 
 
 def _export(trainer: Trainer, out: Path, run: RunConfig, index: int) -> Path:
