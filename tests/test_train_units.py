@@ -228,7 +228,8 @@ def test_official_initialisation_from_pretrained_backbones(tmp_path):
     backbones = PretrainedBackbones(tmp_path / "dinov2.pth", tmp_path / "r50.safetensors", tmp_path / "r18.pth")
     official_initialisation(network, backbones, seed=1)
     state = network.state_dict()
-    assert torch.equal(state["key_encoder.dino.vit.blocks.3.attn.qkv.weight"], vit.state_dict()["blocks.3.attn.qkv.weight"])
+    qkv = "blocks.3.attn.qkv.weight"
+    assert torch.equal(state[f"key_encoder.dino.vit.{qkv}"], vit.state_dict()[qkv])
     assert torch.equal(state["key_encoder.dino.mask_token"], dino_state["mask_token"])
     assert torch.equal(state["key_encoder.cnn.layer3.5.conv3.weight"], r50.state_dict()["layer3.5.conv3.weight"])
     conv1 = state["value_encoder.cnn.conv1.weight"]                       # 64 x 5 x 7 x 7: RGB + 2 chroma
