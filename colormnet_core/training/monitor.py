@@ -22,14 +22,13 @@ class Monitor:
     """Progress bar (tqdm, with rate and ETA), `losses.jsonl` and optional TensorBoard scalars."""
 
     def __init__(self, folder: Path | None, *, total: int, done: int, description: str, log_every: int = 100,
-                 resume_at: tuple[int, int] | None = None, progress: bool = True) -> None:
+                 progress: bool = True) -> None:
         self.folder = folder
         self.log_every = log_every
         self.writer = None
         self.losses_file = None
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-            self._cut_losses(folder, resume_at)
             self.losses_file = open(folder / LOSSES, "a", encoding="utf-8")   # noqa: SIM115 - closed in close()
             self.writer = _tensorboard(folder / "tensorboard")
         self.bar = None
@@ -38,15 +37,6 @@ class Monitor:
 
             self.bar = tqdm(total=total, initial=done, desc=description, unit="step", file=sys.stderr,
                             dynamic_ncols=True, smoothing=0.05)
-
-    @staticmethod
-    def _cut_losses(folder: Path, resume_at: tuple[int, int] | None) -> None:
-        """Keep the entries up to (stage, step) `resume_at` (none for a new run): steps done after the
-        checkpoint are done again and logged again."""
-        from ..film.records import write_atomic
-
-        kept = [] if resume_at is None else [e for e in read_losses(folder) if (e["stage"], e["step"]) <= resume_at]
-        write_atomic(folder / LOSSES, "".join(json.dumps(e) + "\n" for e in kept).encode())
 
     def record(self, entry: dict) -> None:
         """One finished step: {"stage", "step", "loss", "frames", "lr", "seconds"}."""
@@ -86,6 +76,16 @@ def _tensorboard(folder: Path):
         log.info("tensorboard is not installed: training scalars go to %s only (pip install tensorboard)", LOSSES)
         return None
     return SummaryWriter(str(folder))
+
+
+def cut_losses(folder: Path, until: tuple[int, int] | None) -> None:
+    """Keep the entries up to (stage, step) `until` (none for a new run): on resume, the steps done
+    after the checkpoint are done, and logged, again."""
+    from ..film.records import write_atomic
+
+    kept = [] if until is None else [e for e in read_losses(folder) if (e["stage"], e["step"]) <= until]
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / LOSSES, "".join(json.dumps(e) + "\n" for e in kept).encode())
 
 
 def read_losses(folder: Path) -> list[dict]:

@@ -25,7 +25,7 @@ from .config import RunConfig, StageConfig
 from .datasets import ClipFolderDataset, PictureDataset
 from .distributed import ProcessGroup, any_rank, barrier
 from .families import PretrainedBackbones, official_initialisation
-from .monitor import Monitor
+from .monitor import Monitor, cut_losses
 from .state import LAST, DataPosition, load_training_state, save_training_state
 from .trainer import Trainer
 
@@ -102,9 +102,11 @@ def train(out: Path, run: RunConfig, roots: DataRoots, *, group: ProcessGroup, i
             out.mkdir(parents=True, exist_ok=True)
             write_json(out / "run.json", settings)
     if group.is_main:
-        for stale in out.glob(f".{LAST}.partial-*"):      # left by a kill while a checkpoint was written
+        for stale in out.glob(".*.partial-*"):           # left by a kill while a checkpoint or export was written
             stale.unlink(missing_ok=True)
     position = DataPosition(**state["position"]) if state else DataPosition()
+    if group.is_main:
+        cut_losses(out, (position.stage, position.step) if state else None)
     exports: list[Path] = []
     steps_done = 0
     for index in range(position.stage, len(run.stages)):
@@ -115,7 +117,6 @@ def train(out: Path, run: RunConfig, roots: DataRoots, *, group: ProcessGroup, i
             trainer.load_state(state)
         monitor = Monitor(out if group.is_main else None, total=stage.total_steps, done=trainer.position.step,
                           description=f"stage {stage_codes(run, index)[-1]}", log_every=run.log_every,
-                          resume_at=(index, trainer.position.step) if state is not None else None,
                           progress=progress and group.is_main)
         state = None
         last_checkpoint = time.monotonic()
