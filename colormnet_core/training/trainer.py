@@ -130,8 +130,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        frames = mean_over_ranks(loss.frames.float(), self.group)
-        total = mean_over_ranks(loss.total.detach().float(), self.group)
+        frames = mean_over_ranks(loss.frames.double(), self.group)   # reported in float64: no extra rounding
+        total = mean_over_ranks(loss.total.detach().double(), self.group)
         self.position = replace(self.position, step=self.position.step + 1,
                                 consumed=self.position.consumed + self.stage.batch_size)
         result = StepResult(self.stage_index, self.position.step, float(total), tuple(frames.tolist()), lr,
