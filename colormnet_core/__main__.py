@@ -1,4 +1,4 @@
-"""Command line: `python -m colormnet_core {colorize,film,download,convert} ...` (see --help)."""
+"""Command line: `python -m colormnet_core {colorize,film,train,evaluate,download,convert} ...` (see --help)."""
 
 from __future__ import annotations
 
@@ -53,12 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli import add_colorize_parser
     from .evaluate import add_evaluate_parser
     from .film.cli import add_film_parser
+    from .training.cli import add_train_parser
 
     parser = argparse.ArgumentParser(prog="python -m colormnet_core", description="ColorMNet video colorization.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
     add_colorize_parser(sub)
     add_film_parser(sub)
+    add_train_parser(sub)
     add_evaluate_parser(sub)
     conv = sub.add_parser("convert", help="convert a checkpoint to .safetensors (official names)",
                           description="Read a .pth (safely: tensors only) or .safetensors ColorMNet checkpoint "

@@ -117,6 +117,17 @@ def full_affinity(sim: Tensor) -> Tensor:
     return shifted / shifted.sum(dim=1, keepdim=True)
 
 
+def softmax_readout(mem_key: Tensor, mem_shrinkage: Tensor, mem_value: Tensor,
+                    query_key: Tensor, query_selection: Tensor) -> Tensor:
+    """The training-time memory read: a plain softmax over every memory element (no top-k), batched.
+
+    mem_key `B x Ck x N`, mem_shrinkage `B x 1 x N`, mem_value `B x C x N`, query_key/selection
+    `B x Ck x n` -> readout `B x C x n`. Differentiable; the official trainer reads its few
+    reference frames this way (XMem's `get_affinity` + `readout`), inference uses `MFPMemory.read`.
+    """
+    return mem_value @ full_affinity(similarity(mem_key, mem_shrinkage, query_key, query_selection))
+
+
 @dataclass
 class KeyValueStore:
     """One memory store; counters (float32) only when `count_usage` (usage = use_count / life_count)."""

@@ -1,0 +1,26 @@
+"""Training: the official ColorMNet training (stages, losses, schedule), resumable, on 1..N processes.
+
+    config.py        stages and run settings (official numbers)
+    datasets.py      clips from folders of colour frames; pseudo-sequences from pictures
+    augment.py       the official augmentations
+    draws.py         the random choices inside a step (reference frames, deep updates)
+    forward.py       one batch of clips through the network and its L1 loss
+    families.py      what each checkpoint family freezes
+    trainer.py       Trainer: optimizer, scheduler, AMP, data schedule, one step at a time
+    state.py         resumable checkpoints, inference exports
+    distributed.py   torchrun process groups
+    monitor.py       progress bar, losses.jsonl, TensorBoard
+    run.py           a run folder: stages, checkpoints, exports, time budget, resume
+    cli.py           python -m colormnet_core train
+"""
+
+from .config import CLIPS_STAGE, OFFICIAL_SEED, STATIC_STAGE, RunConfig, StageConfig, parse_duration
+from .datasets import ClipFolderDataset, PictureDataset
+from .draws import FixedDraws, FixedStepDraws, KeyedDraws
+from .families import frozen_modules, prepare_for_training
+from .forward import ClipBatch, ClipLoss, clip_loss
+from .trainer import StepResult, Trainer
+
+__all__ = ["CLIPS_STAGE", "OFFICIAL_SEED", "STATIC_STAGE", "ClipBatch", "ClipFolderDataset", "ClipLoss", "FixedDraws",
+           "FixedStepDraws", "KeyedDraws", "PictureDataset", "RunConfig", "StageConfig", "StepResult", "Trainer",
+           "clip_loss", "frozen_modules", "parse_duration", "prepare_for_training"]
