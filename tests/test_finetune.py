@@ -105,3 +105,28 @@ def test_dinov3_network_fine_tunes_and_its_export_loads_alone(tmp_path):
     loaded = load_model(path)
     assert loaded.config.backbone == "dinov3_vitb16"
     assert all(torch.equal(v, unlocked.network.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+def test_colour_frames_become_clips_and_stills(tmp_path):
+    import cv2
+
+    from colormnet_core.film.finetune import read_colour_frames
+    from colormnet_core.training.finetune import FinetuneData, _material
+
+    tiles = exemplar_tiles()
+    (tmp_path / "clip").mkdir()
+    for i, picture in enumerate(tiles[:3]):
+        cv2.imwrite(str(tmp_path / "clip" / f"{i:05d}.png"), picture.permute(1, 2, 0).numpy()[:, :, ::-1])
+    cv2.imwrite(str(tmp_path / "still.png"), tiles[3].permute(1, 2, 0).numpy()[:, :, ::-1])
+    frames = read_colour_frames(tmp_path, 112)
+    assert [tuple(f.shape) for f in frames] == [(3, 3, 120, 138), (3, 120, 138)]
+    assert torch.equal(frames[0][1], tiles[1]) and torch.equal(frames[1], tiles[3])
+    config = dataclasses.replace(TINY, holdout=0)
+    data = FinetuneData(_material(tiles[:2], config, frames), config)
+    assert len(data) == 4                                                # 2 pictures + 1 still, then 1 clip
+    image, ab = data[3, 12345]
+    assert image.shape == (config.num_frames, 3, 112, 112) and ab.shape == (config.num_frames, 2, 112, 112)
+    assert ab.abs().amax() > 0.01                                        # colour frames: real chroma
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no colour frames"):
+        read_colour_frames(tmp_path / "empty", 112)

@@ -115,6 +115,10 @@ def export_weights(network: nn.Module, path: Path, *, metadata: dict[str, str] |
     """Write the network for inference: .safetensors under official names (atomic), then its sha256
     sidecar (`<file>.sha256`, read by `download.verify`). Returns the sha256.
 
+    Self-contained for both families: a DINOv3 (CMNET2) network's export holds its whole ViT backbone
+    under CMNET2's names, so it loads without a `dinov3-vitb16/` folder beside it - a tuned head must
+    meet the backbone it was tuned with, and `unlock_backbone` changes the backbone itself.
+
     A `{sha8}` in the file name is replaced by the first 8 hex digits of the file's sha256 (content-
     named files: the same weights always get the same name). source: the sidecar's provenance line."""
     from ..download import sidecar
