@@ -72,6 +72,7 @@ class FinetuneConfig:
     holdout_frames: int = 6                     # frames of each held-out sequence (the first is the exemplar)
     unlock_backbone: bool = False               # DINOv3 family: train its ViT too (CMNET2's --unlock_backbone)
     amp: bool | None = None                     # fp16 autocast; None: on CUDA only
+    num_workers: int = 0                        # data-loading processes (0: in this one); same data either way
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -91,8 +92,8 @@ class FinetuneConfig:
         if self.num_frames < 2 or self.num_ref_frames < 1:
             raise InputError(f"a training sequence needs at least 2 frames and 1 reference frame, got "
                              f"{self.num_frames} and {self.num_ref_frames}.")
-        if self.weight_decay < 0 or self.clip_max_skip < 1:
-            raise InputError("weight decay must be >= 0 and clip_max_skip >= 1.")
+        if self.weight_decay < 0 or self.clip_max_skip < 1 or self.num_workers < 0:
+            raise InputError("weight decay and num_workers must be >= 0, clip_max_skip >= 1.")
         if self.holdout_frames < 2:
             raise InputError(f"a held-out sequence needs at least 2 frames (an exemplar and one to score), got "
                              f"{self.holdout_frames}.")
@@ -270,7 +271,8 @@ def _holdout(material: _Material, config: FinetuneConfig) -> list[list[Tensor]]:
 
 def _trainer(network: ColorMNet, material: _Material, config: FinetuneConfig, device: torch.device) -> Trainer:
     return Trainer(network, config.stage(), FinetuneData(material, config), seed=config.seed,
-                   group=ProcessGroup(device=device), amp=config.amp, unlock_backbone=config.unlock_backbone)
+                   group=ProcessGroup(device=device), amp=config.amp, num_workers=config.num_workers,
+                   unlock_backbone=config.unlock_backbone)
 
 
 def _training_copy(network: ColorMNet, device: torch.device) -> ColorMNet:
