@@ -5,6 +5,7 @@ from __future__ import annotations
 from .colorize import ColorMNetColorize
 from .exemplars import ColorMNetEncode, ColorMNetLoadExemplar
 from .film import ColorMNetAssembleFilm, ColorMNetFilmProject, ColorMNetFilmShot, ColorMNetRenderShot
+from .finetune import ColorMNetFinetune
 from .memory import ColorMNetMemory
 from .model import ColorMNetDownloadModel, ColorMNetModelLoader
 from .shots import ColorMNetDetectShots
@@ -16,6 +17,7 @@ NODE_CLASS_MAPPINGS = {
     "ColorMNetLoadExemplar": ColorMNetLoadExemplar,
     "ColorMNetEncode": ColorMNetEncode,
     "ColorMNetMemory": ColorMNetMemory,
+    "ColorMNetFinetune": ColorMNetFinetune,
     "ColorMNetColorize": ColorMNetColorize,
     "ColorMNetColorizeVideo": ColorMNetColorizeVideo,
     "ColorMNetVideo": ColorMNetVideo,
@@ -32,6 +34,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ColorMNetLoadExemplar": "ColorMNet Load Exemplar",
     "ColorMNetEncode": "ColorMNet Encode Exemplars",
     "ColorMNetMemory": "ColorMNet Memory",
+    "ColorMNetFinetune": "ColorMNet Fine-tune",
     "ColorMNetColorize": "ColorMNet Colorize (colourise)",
     "ColorMNetColorizeVideo": "ColorMNet Colorize Video File (deprecated)",
     "ColorMNetVideo": "ColorMNet Colorize Video",

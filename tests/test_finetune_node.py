@@ -1,0 +1,249 @@
+"""ColorMNet Fine-tune, the node called directly (no server), on the fixture checkpoint at size 112 and a
+couple of steps: its input spec, a tuned model that colorizes like a loaded one, the input model left as it
+was, per-step progress, Cancel, the disk cache after a restart, save_as for the Model Loader, and errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from . import golden
+from .clips import frame_pixels
+from .plugin import load_plugin, submodule
+
+STEPS = 2
+SIZE = 112
+
+
+def colour_pictures(count: int, height: int = 96, width: int = 128) -> torch.Tensor:
+    """An IMAGE batch (B x H x W x 3, float in [0, 1]) of distinct colourful pictures."""
+    return torch.from_numpy(np.stack([frame_pixels(40 * i, height, width) for i in range(count)])).float() / 255
+
+
+def weights_digest(network) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in network.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def node_cls():
+    return load_plugin().NODE_CLASS_MAPPINGS["ColorMNetFinetune"]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory, golden_checkpoint):
+    """A private ComfyUI-like tree (models/ with the fixture checkpoint, output/, temp/) for this module."""
+    root = tmp_path_factory.mktemp("finetune_node")
+    (root / "models").mkdir()
+    (root / "models" / "fixture.safetensors").symlink_to(golden_checkpoint)
+    for name in ("output", "temp"):
+        (root / name).mkdir()
+    host = submodule("nodes.host")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COLORMNET_MODELS_DIR", str(root / "models"))
+        mp.setattr(host, "output_dir", lambda: root / "output")
+        mp.setattr(host, "temp_dir", lambda: root / "temp")
+        yield root
+
+
+def loaded_model():
+    (model,) = load_plugin().NODE_CLASS_MAPPINGS["ColorMNetModelLoader"]().load("fixture.safetensors", "fp32")
+    return model
+
+
+def settings(**changes) -> dict:
+    return {"steps": STEPS, "learning_rate": 1e-4, "size": SIZE, "holdout": 0.25, "seed": 3, "batch_size": 1,
+            **changes}
+
+
+@pytest.fixture(scope="module")
+def tuned(tree, node_cls):
+    """One real tuning: 4 pictures (1 held out), 2 steps. Records the progress and the status text."""
+    host, model_mod = submodule("nodes.host"), submodule("nodes.model")
+    model = loaded_model()
+    file_sha = hashlib.sha256(model.path.read_bytes()).hexdigest()
+    before = weights_digest(model_mod.load_cached(model.path))
+    updates, texts = [], []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(host, "progress", lambda total, node_id=None: lambda done: updates.append((done, total)))
+        mp.setattr(host, "_send_text", lambda node_id, text: texts.append((node_id, text)))
+        out = node_cls().tune(model, images=colour_pictures(4), unique_id="7", **settings())
+    return {"model": model, "out": out, "file_sha": file_sha, "before": before, "updates": updates, "texts": texts}
+
+
+def test_input_spec_and_registration(node_cls):
+    plugin = load_plugin()
+    assert plugin.NODE_DISPLAY_NAME_MAPPINGS["ColorMNetFinetune"] == "ColorMNet Fine-tune"
+    spec = node_cls.INPUT_TYPES()
+    assert list(spec["required"]) == ["model", "steps", "learning_rate"]
+    assert list(spec["optional"]) == ["exemplars", "images", "size", "holdout", "seed", "batch_size", "colour_clip",
+                                      "save_as"]
+    assert spec["required"]["model"][0] == "COLORMNET_MODEL"
+    assert spec["optional"]["exemplars"][0] == "COLORMNET_EXEMPLARS" and spec["optional"]["images"][0] == "IMAGE"
+    assert node_cls.RETURN_TYPES == ("COLORMNET_MODEL",) and node_cls.OUTPUT_NODE
+    defaults = submodule("colormnet_core.training").FinetuneConfig()
+    for group in ("required", "optional"):
+        for name, (_kind, *rest) in spec[group].items():
+            assert rest and len(rest[0]["tooltip"]) > 30, name
+            if name in ("steps", "learning_rate", "size", "holdout", "seed", "batch_size"):
+                assert rest[0]["default"] == getattr(defaults, name), name
+                assert rest[0]["min"] <= rest[0]["default"] <= rest[0]["max"], name
+    assert spec["hidden"] == {"unique_id": "UNIQUE_ID"}
+
+
+@pytest.mark.slow
+def test_tuned_model_colorizes_like_a_loaded_one_and_the_input_is_untouched(tuned, tree):
+    nodes = load_plugin().NODE_CLASS_MAPPINGS
+    model_mod = submodule("nodes.model")
+    model, out = tuned["model"], tuned["out"]
+    (result,) = out["result"]
+    assert isinstance(result, model_mod.ColorMNetModel) and result.precision == model.precision
+    assert result.path.parent == tree / "output" / "colormnet_finetune" and result.path.suffix == ".safetensors"
+    assert "fine-tuned" in result.family
+    # Per-step progress, and the status on the prompt's node.
+    assert tuned["updates"] == [(step, STEPS) for step in range(1, STEPS + 1)]
+    assert [node for node, _ in tuned["texts"]] == ["7", "7"] and "Tuned: 2 steps on 4 pictures" in out["ui"]["text"][0]
+    assert any("PSNR" in line for line in out["ui"]["text"])
+    # The input: file and loaded weights as they were; the tuned weights differ.
+    assert hashlib.sha256(model.path.read_bytes()).hexdigest() == tuned["file_sha"]
+    assert weights_digest(model_mod.load_cached(model.path)) == tuned["before"]
+    assert weights_digest(model_mod.load_cached(result.path)) != tuned["before"]
+    # The tuned model drives the unchanged rest of the graph.
+    frames = golden.frames()[:3].permute(0, 2, 3, 1).float() / 255
+    exemplar = golden.load_png(golden.GOLDEN / "inputs" / "exemplar.png")[None].permute(0, 2, 3, 1).float() / 255
+    (exemplars,) = nodes["ColorMNetLoadExemplar"]().add(exemplar, 0)
+
+    def colorize(m):
+        (encoded,) = nodes["ColorMNetEncode"]().encode(m, exemplars)
+        (memory,) = nodes["ColorMNetMemory"]().build(encoded, 5, 5, 10, 128, 10000, 30, True, True)
+        return nodes["ColorMNetColorize"]().colorize(m, memory, frames, "custom", True, 1, custom_size=112)[0]
+
+    tuned_frames, original = colorize(result), colorize(model)
+    assert tuned_frames.shape == frames.shape and torch.isfinite(tuned_frames).all()
+    assert tuned_frames.min() >= 0 and tuned_frames.max() <= 1
+    assert not torch.equal(tuned_frames[1:], original[1:])
+
+
+@pytest.mark.slow
+def test_same_inputs_after_a_restart_load_the_kept_weights(tuned, node_cls, monkeypatch):
+    """A fresh node, empty in-memory caches (a restarted server): the weights come from the disk cache."""
+    model_mod, film, training = submodule("nodes.model"), submodule("nodes.film"), submodule("colormnet_core.training")
+    model_mod._CACHE.clear()
+    film._SHA_CACHE.clear()
+
+    def never(*_, **__):
+        raise AssertionError("tuned again")
+
+    monkeypatch.setattr(training, "finetune_network", never)
+    monkeypatch.setattr(training, "estimate_finetune_seconds", never)
+    out = node_cls().tune(loaded_model(), images=colour_pictures(4), **settings())
+    (result,) = out["result"]
+    assert result == tuned["out"]["result"][0]
+    assert out["ui"]["text"][0].startswith("Tuned earlier with these inputs")
+    assert out["ui"]["text"][1:] == tuned["out"]["ui"]["text"][1:]
+    # Another setting is another tuning.
+    with pytest.raises(AssertionError, match="tuned again"):
+        node_cls().tune(loaded_model(), images=colour_pictures(4), **settings(seed=4))
+
+
+@pytest.mark.slow
+def test_save_as_writes_a_checkpoint_the_loader_lists_and_loads(tuned, tree, node_cls):
+    nodes = load_plugin().NODE_CLASS_MAPPINGS
+    errors = submodule("colormnet_core.errors")
+    out = node_cls().tune(loaded_model(), images=colour_pictures(4), save_as="my film tuned", **settings())
+    saved = tree / "models" / "my film tuned.safetensors"
+    record = json.loads(out["result"][0].path.with_suffix(".json").read_text())
+    assert hashlib.sha256(saved.read_bytes()).hexdigest() == record["sha256"]
+    assert (tree / "models" / "my film tuned.safetensors.sha256").read_text().split()[0] == record["sha256"]
+    assert "my film tuned.safetensors" in nodes["ColorMNetModelLoader"].INPUT_TYPES()["required"]["checkpoint"][0]
+    (loaded,) = nodes["ColorMNetModelLoader"]().load("my film tuned.safetensors", "auto")
+    assert "fine-tuned" not in loaded.family   # the loader describes the family it recognises
+    assert any("Saved as my film tuned.safetensors" in line for line in out["ui"]["text"])
+    # Saving again under its own name is fine; a checkpoint it did not write is never replaced, and a name
+    # that is not a plain file name is refused, both before any tuning.
+    stamp = saved.stat().st_mtime_ns
+    node_cls().tune(loaded_model(), images=colour_pictures(4), save_as="my film tuned.safetensors", **settings())
+    assert saved.stat().st_mtime_ns == stamp
+    for name, message in (("fixture", "did not write"), ("../elsewhere", "not a plain file name"),
+                          ("a/b", "not a plain file name")):
+        with pytest.raises(errors.InputError, match=message):
+            node_cls().tune(loaded_model(), images=colour_pictures(4), save_as=name, **settings(seed=9))
+    assert (tree / "models" / "fixture.safetensors").is_symlink()
+
+
+@pytest.mark.slow
+def test_cancel_stops_after_the_step_and_keeps_nothing(tree, node_cls, monkeypatch):
+    host, model_mod = submodule("nodes.host"), submodule("nodes.model")
+    errors = submodule("colormnet_core.errors")
+    model = loaded_model()
+    before = weights_digest(model_mod.load_cached(model.path))
+    folder = tree / "output" / "colormnet_finetune"
+    kept = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    steps = []
+    monkeypatch.setattr(host, "progress", lambda total, node_id=None: steps.append)
+    monkeypatch.setattr(host, "interrupted", lambda: bool(steps))   # Cancel pressed during step 1
+    with pytest.raises(errors.Cancelled, match="after 1 of 5 steps; nothing was saved"):
+        node_cls().tune(model, images=colour_pictures(3), **settings(steps=5, holdout=0.0, seed=11))
+    assert steps == [1]
+    assert sorted(p.name for p in folder.iterdir()) == kept   # no new weights, record or partial file
+    assert weights_digest(model_mod.load_cached(model.path)) == before
+
+
+def test_bad_inputs_say_what_to_do(tree, node_cls):
+    errors = submodule("colormnet_core.errors")
+    model = loaded_model()
+    node = node_cls()
+    with pytest.raises(errors.InputError, match="no pictures to learn from"):
+        node.tune(model, **settings())
+    grey = colour_pictures(4).mean(dim=-1, keepdim=True).expand(-1, -1, -1, 3)
+    with pytest.raises(errors.InputError, match="no colour"):
+        node.tune(model, images=grey, **settings())
+    with pytest.raises(errors.InputError, match="multiple of 112"):
+        node.tune(model, images=colour_pictures(4), **settings(size=100))
+    with pytest.raises(errors.InputError, match="too little to learn from"):
+        node.tune(model, images=colour_pictures(1), **settings())
+    with pytest.raises(errors.InputError, match="IMAGE batch"):
+        node.tune(model, images=torch.rand(8, 8), **settings())
+
+
+def test_exemplars_and_images_both_count_and_every_input_keys_the_cache():
+    finetune, training = submodule("nodes.finetune"), submodule("colormnet_core.training")
+    exemplars = submodule("colormnet_core.exemplars")
+    images = colour_pictures(3)
+    chain = (exemplars.Exemplar(images[0].permute(2, 0, 1), 0), exemplars.Exemplar(images[1].permute(2, 0, 1)))
+    pictures = finetune.gather_pictures(chain, images[2:])
+    assert len(pictures) == 3 and all(p.shape == (3, 96, 128) and p.dtype == torch.float32 for p in pictures)
+    assert torch.equal(pictures[2], images[2].permute(2, 0, 1))
+    config = training.FinetuneConfig(steps=10, size=SIZE)
+    key = finetune.tune_key("a" * 64, pictures, config)
+    assert key == finetune.tune_key("a" * 64, [p.clone() for p in pictures], config)
+    changed_pixel = [p.clone() for p in pictures]
+    changed_pixel[1][0, 5, 5] += 0.01
+    clip = finetune.colour_clip_frames(colour_pictures(3))
+    assert clip.shape == (3, 3, 96, 128)
+    others = [finetune.tune_key("b" * 64, pictures, config), finetune.tune_key("a" * 64, changed_pixel, config),
+              finetune.tune_key("a" * 64, pictures[::-1], config),
+              finetune.tune_key("a" * 64, [*pictures, clip], config),
+              finetune.tune_key("a" * 64, pictures, training.FinetuneConfig(steps=11, size=SIZE)),
+              finetune.tune_key("a" * 64, pictures, training.FinetuneConfig(steps=10, size=SIZE, holdout=0.0))]
+    assert len({key, *others}) == 7
+
+
+def test_a_damaged_cache_entry_is_removed_and_tuned_again(tree):
+    finetune = submodule("nodes.finetune")
+    key = "d" * 64
+    weights, record = finetune.cache_paths(key)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    weights.write_bytes(b"not a checkpoint")
+    record.write_text(json.dumps({"sha256": "0" * 64}))
+    assert finetune.cached_tuning(key) is None
+    assert not weights.exists() and not record.exists()
+    weights.write_bytes(b"weights without their record: an unfinished tuning")
+    assert finetune.cached_tuning(key) is None
