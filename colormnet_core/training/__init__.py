@@ -7,6 +7,7 @@
     forward.py       one batch of clips through the network and its L1 loss
     families.py      what each checkpoint family freezes
     trainer.py       Trainer: optimizer, scheduler, AMP, data schedule, one step at a time
+    finetune.py      fine-tuning on a film's own pictures, with held-out scores before and after
     state.py         resumable checkpoints, inference exports
     distributed.py   torchrun process groups
     monitor.py       progress bar, losses.jsonl, TensorBoard
@@ -18,9 +19,20 @@ from .config import CLIPS_STAGE, OFFICIAL_SEED, STATIC_STAGE, RunConfig, StageCo
 from .datasets import ClipFolderDataset, PictureDataset
 from .draws import FixedDraws, FixedStepDraws, KeyedDraws
 from .families import frozen_modules, prepare_for_training
+from .finetune import (
+    FinetuneConfig,
+    FinetuneResult,
+    FinetuneStep,
+    HoldoutScores,
+    check_finetune_data,
+    estimate_finetune_seconds,
+    finetune_network,
+)
 from .forward import ClipBatch, ClipLoss, clip_loss
 from .trainer import StepResult, Trainer
 
-__all__ = ["CLIPS_STAGE", "OFFICIAL_SEED", "STATIC_STAGE", "ClipBatch", "ClipFolderDataset", "ClipLoss", "FixedDraws",
-           "FixedStepDraws", "KeyedDraws", "PictureDataset", "RunConfig", "StageConfig", "StepResult", "Trainer",
-           "clip_loss", "frozen_modules", "parse_duration", "prepare_for_training"]
+__all__ = ["CLIPS_STAGE", "OFFICIAL_SEED", "STATIC_STAGE", "ClipBatch", "ClipFolderDataset", "ClipLoss",
+           "FinetuneConfig", "FinetuneResult", "FinetuneStep", "FixedDraws", "FixedStepDraws", "HoldoutScores",
+           "KeyedDraws", "PictureDataset", "RunConfig", "StageConfig", "StepResult", "Trainer", "check_finetune_data",
+           "clip_loss", "estimate_finetune_seconds", "finetune_network", "frozen_modules", "parse_duration",
+           "prepare_for_training"]

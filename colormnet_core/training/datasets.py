@@ -43,6 +43,19 @@ def _images_in(folder: Path) -> list[Path]:
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _check_array(array: np.ndarray, what: str) -> None:
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise InputError(f"{what} must be H x W x 3 uint8 RGB, got {array.shape} {array.dtype}.")
+
+
+def _open_rgb(picture: str | Path | np.ndarray) -> Image.Image:
+    """An RGB PIL image from a file or an `H x W x 3` uint8 array."""
+    if isinstance(picture, np.ndarray):
+        return Image.fromarray(picture)
+    with Image.open(picture) as im:
+        return im.convert("RGB")
+
+
 def _to_item(frames: list[Image.Image]) -> Item:
     planes = [lab_planes(f) for f in frames]
     light = torch.stack([p[0] for p in planes])
@@ -70,7 +83,7 @@ def sample_frame_indices(length: int, num_frames: int, max_skip: int, rng: np.ra
 class ClipFolderDataset(Dataset):
     """The official DAVISVidevoDataset layout: `root/<clip>/<frame>.png|jpg`, colour frames sorted by
     name; clips with fewer than `num_frames` frames are skipped (as the official). Index with
-    `(clip index, item seed)` (see `KeyedSampler`)."""
+    `(clip index, item seed)` (see `KeyedSampler`). `from_frames` takes clips held in memory."""
 
     def __init__(self, root: str | Path, *, num_frames: int = 8, max_skip: int = 5, crop: int = 448,
                  finetune: bool = False) -> None:
@@ -91,6 +104,25 @@ class ClipFolderDataset(Dataset):
                              f"frames ({', '.join(IMAGE_SUFFIXES)}); found {len(folders)} sub-folder(s).")
         log.info("%d of %d clips in %s have at least %d frames", len(self.clips), len(folders), root, num_frames)
 
+    @classmethod
+    def from_frames(cls, clips: Sequence[Sequence[np.ndarray]], *, num_frames: int = 8, max_skip: int = 5,
+                    crop: int = 448, finetune: bool = False) -> ClipFolderDataset:
+        """Clips held in memory: each a sequence of RGB uint8 `H x W x 3` frames in film order (e.g. colour
+        frames of a film, for fine-tuning). Clips shorter than `num_frames` are refused, not skipped: the
+        caller chose them."""
+        short = [i for i, clip in enumerate(clips) if len(clip) < num_frames]
+        if not clips or short:
+            raise InputError(f"training clips need at least {num_frames} frames each; clip(s) {short or 'none'} "
+                             f"of {len(clips)} have fewer: give longer runs of consecutive colour frames.")
+        for clip in clips:
+            for frame in clip:
+                _check_array(frame, "a training clip's frame")
+        other = cls.__new__(cls)
+        other.root, other.num_frames, other.max_skip, other.crop = None, num_frames, max_skip, crop
+        other.augment = ClipAugmentation(crop, finetune=finetune)
+        other.clips = [(f"clip{i}", list(clip)) for i, clip in enumerate(clips)]
+        return other
+
     def __len__(self) -> int:
         return len(self.clips)
 
@@ -108,9 +140,7 @@ class ClipFolderDataset(Dataset):
         clip_seed = int(rng.randint(_SEED_RANGE))
         frames = []
         for i in chosen:
-            with Image.open(paths[i]) as im:
-                image = im.convert("RGB")
-            frames.append(self.augment(image, clip_seed, int(rng.randint(_SEED_RANGE))))
+            frames.append(self.augment(_open_rgb(paths[i]), clip_seed, int(rng.randint(_SEED_RANGE))))
         return chosen, frames
 
     def __getitem__(self, key: tuple[int, int]) -> Item:
@@ -126,8 +156,8 @@ class PictureDataset(Dataset):
         if not pictures:
             raise InputError("no pictures to train on: give at least one colour image.")
         for p in pictures:
-            if isinstance(p, np.ndarray) and (p.ndim != 3 or p.shape[2] != 3 or p.dtype != np.uint8):
-                raise InputError(f"a training picture array must be H x W x 3 uint8 RGB, got {p.shape} {p.dtype}.")
+            if isinstance(p, np.ndarray):
+                _check_array(p, "a training picture array")
         self.pictures = list(pictures)
         self.num_frames = num_frames
         self.augment = PictureAugmentation(crop)
@@ -150,11 +180,7 @@ class PictureDataset(Dataset):
         return self
 
     def _picture(self, index: int) -> Image.Image:
-        p = self.pictures[index]
-        if isinstance(p, np.ndarray):
-            return Image.fromarray(p)
-        with Image.open(p) as im:
-            return im.convert("RGB")
+        return _open_rgb(self.pictures[index])
 
     def frames_of(self, index: int, rng: np.random.RandomState) -> list[Image.Image]:
         picture = self._picture(index)

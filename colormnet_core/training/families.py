@@ -7,8 +7,19 @@ holds. Everything else is trained. Freezing by `requires_grad_(False)` is the sa
 gradient reaches them, nothing is kept for a backward pass, and AdamW leaves them untouched (the
 official AdamW skips them because their gradient is None).
 
-A family whose backbone is fine-tuned end to end adds its case to `frozen_modules` returning
-fewer modules (or none). `official_initialisation` is the family's start from pretrained backbones.
+CMNET2 (the DINOv3 ViT-B/16 family; read off dan64/cmnet2 at commit 2550df4e,
+`training/train_dinov3.py` and `Segmentor_DINOv3` in `colormnet/model/resnet.py`): its trainer is
+the official one with `backbone='dinov3'` and an `--unlock_backbone` switch. By default the DINOv3
+ViT is frozen (eval, `requires_grad_(False)`, run under `no_grad`) while its 1x1 conv 3072 -> 1536 +
+BatchNorm head (`network2.proj`, our `key_encoder.dino.conv` / `.bn`) is trained with the rest of
+the network. With `--unlock_backbone` the ViT is trained end to end as well (HuggingFace gradient
+checkpointing; dropout and drop-path are 0 in its config, so its forced train mode computes what
+eval mode does); the released DINOv3FeatureV6_LocalAtten_p*.pth were trained so. Here:
+`unlock_backbone=False` (CMNET2's default) freezes `key_encoder.dino.vit` and the unused pretraining
+`mask_token`; `unlock_backbone=True` freezes nothing. The DINOv2 family ignores the switch (the
+official code has none).
+
+`official_initialisation` is the official family's start from pretrained backbones.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import SAFETENSORS, sniff_format
+from ..dinov3 import Dinov3Features
 from ..errors import InputError
 from ..network import ColorMNet
 from ..pvgfe import DinoFeatures
@@ -28,23 +40,31 @@ from ..pvgfe import DinoFeatures
 log = logging.getLogger(__name__)
 
 
-def frozen_modules(network: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every part of `network` that training must not change, by family."""
+def frozen_modules(network: nn.Module, *, unlock_backbone: bool = False) -> list[tuple[str, nn.Module | nn.Parameter]]:
+    """(name, module or parameter) of every part of `network` that training must not change, by family.
+
+    unlock_backbone: CMNET2's switch (DINOv3 family only): train its ViT too instead of freezing it."""
     if isinstance(network, ColorMNet) and isinstance(network.key_encoder.dino, DinoFeatures):
         return [("key_encoder.dino", network.key_encoder.dino)]
+    if isinstance(network, ColorMNet) and isinstance(network.key_encoder.dino, Dinov3Features):
+        if unlock_backbone:
+            return []
+        dino = network.key_encoder.dino
+        return [("key_encoder.dino.vit", dino.vit), ("key_encoder.dino.mask_token", dino.mask_token)]
     raise TypeError(f"no training rule for a {type(network).__name__} with a "
                     f"{type(getattr(getattr(network, 'key_encoder', None), 'dino', None)).__name__} backbone; "
                     f"add its family to colormnet_core.training.families.frozen_modules.")
 
 
-def prepare_for_training(network: nn.Module) -> list[nn.Parameter]:
+def prepare_for_training(network: nn.Module, *, unlock_backbone: bool = False) -> list[nn.Parameter]:
     """Freeze the family's frozen parts, put the network in eval mode and return the trainable parameters.
 
     Eval mode throughout, as the official trainer (XMem's convention): BatchNorm uses and keeps its
     running statistics, dropout is off. Returns the parameters to optimise, in module order.
+    unlock_backbone: see `frozen_modules`.
     """
     network.eval()
-    frozen = frozen_modules(network)
+    frozen = frozen_modules(network, unlock_backbone=unlock_backbone)
     for _, module in frozen:
         module.requires_grad_(False)
     trainable = [p for p in network.parameters() if p.requires_grad]

@@ -77,11 +77,13 @@ def _quiet_worker(_: int) -> None:
 
 
 class Trainer:
-    """One stage of training. `network` is trained in place (its frozen parts per `families`)."""
+    """One stage of training. `network` is trained in place (its frozen parts per `families`;
+    `unlock_backbone`: CMNET2's switch that trains the DINOv3 ViT too)."""
 
     def __init__(self, network: ColorMNet, stage: StageConfig, data: TrainingData | None = None, *,
                  stage_index: int = 0, seed: int = OFFICIAL_SEED, group: ProcessGroup | None = None,
-                 amp: bool | None = None, num_workers: int = 0, draws: DrawSource | None = None) -> None:
+                 amp: bool | None = None, num_workers: int = 0, draws: DrawSource | None = None,
+                 unlock_backbone: bool = False) -> None:
         self.group = group = group or ProcessGroup()
         self.stage, self.stage_index, self.data, self.num_workers = stage, stage_index, data, num_workers
         if stage.batch_size % group.world_size:
@@ -95,7 +97,7 @@ class Trainer:
         if self.amp and group.device.type != "cuda":
             raise InputError("mixed precision (fp16 autocast) needs a CUDA GPU; on a CPU train in fp32 (--amp off).")
         self.network = network.to(group.device)
-        parameters = prepare_for_training(self.network)
+        parameters = prepare_for_training(self.network, unlock_backbone=unlock_backbone)
         objective = ClipObjective(self.network, num_ref_frames=stage.num_ref_frames)
         self.model: nn.Module = objective
         if group.distributed:
