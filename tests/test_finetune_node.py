@@ -59,22 +59,25 @@ def loaded_model():
 
 
 def settings(**changes) -> dict:
-    return {"steps": STEPS, "learning_rate": 1e-4, "size": SIZE, "holdout": 0.25, "seed": 3, "batch_size": 1,
+    # Nothing held out: scoring costs two colorizations of every held-out picture (the core's tests score).
+    return {"steps": STEPS, "learning_rate": 1e-4, "size": SIZE, "holdout": 0.0, "seed": 3, "batch_size": 1,
             **changes}
 
 
 @pytest.fixture(scope="module")
 def tuned(tree, node_cls):
-    """One real tuning: 4 pictures (1 held out), 2 steps. Records the progress and the status text."""
+    """One real tuning: 3 pictures, 2 steps. Records the progress and the status text."""
     host, model_mod = submodule("nodes.host"), submodule("nodes.model")
     model = loaded_model()
     file_sha = hashlib.sha256(model.path.read_bytes()).hexdigest()
     before = weights_digest(model_mod.load_cached(model.path))
     updates, texts = [], []
     with pytest.MonkeyPatch.context() as mp:
+        # The core's up-front estimate times two extra steps; the node only shows it (the core's tests check it).
+        mp.setattr(submodule("colormnet_core.training"), "estimate_finetune_seconds", lambda *_: 42.0)
         mp.setattr(host, "progress", lambda total, node_id=None: lambda done: updates.append((done, total)))
         mp.setattr(host, "_send_text", lambda node_id, text: texts.append((node_id, text)))
-        out = node_cls().tune(model, images=colour_pictures(4), unique_id="7", **settings())
+        out = node_cls().tune(model, images=colour_pictures(3), unique_id="7", **settings())
     return {"model": model, "out": out, "file_sha": file_sha, "before": before, "updates": updates, "texts": texts}
 
 
@@ -109,26 +112,23 @@ def test_tuned_model_colorizes_like_a_loaded_one_and_the_input_is_untouched(tune
     assert "fine-tuned" in result.family
     # Per-step progress, and the status on the prompt's node.
     assert tuned["updates"] == [(step, STEPS) for step in range(1, STEPS + 1)]
-    assert [node for node, _ in tuned["texts"]] == ["7", "7"] and "Tuned: 2 steps on 4 pictures" in out["ui"]["text"][0]
-    assert any("PSNR" in line for line in out["ui"]["text"])
+    assert tuned["texts"][0] == ("7", "Fine-tuning 2 steps on 3 pictures: about 42 s on the CPU.")
+    assert [node for node, _ in tuned["texts"]] == ["7", "7"] and "Tuned: 2 steps on 3 pictures" in out["ui"]["text"][0]
+    assert "Nothing held out" in out["ui"]["text"][2]
     # The input: file and loaded weights as they were; the tuned weights differ.
     assert hashlib.sha256(model.path.read_bytes()).hexdigest() == tuned["file_sha"]
     assert weights_digest(model_mod.load_cached(model.path)) == tuned["before"]
     assert weights_digest(model_mod.load_cached(result.path)) != tuned["before"]
     # The tuned model drives the unchanged rest of the graph.
-    frames = golden.frames()[:3].permute(0, 2, 3, 1).float() / 255
+    frames = golden.frames()[:2].permute(0, 2, 3, 1).float() / 255
     exemplar = golden.load_png(golden.GOLDEN / "inputs" / "exemplar.png")[None].permute(0, 2, 3, 1).float() / 255
     (exemplars,) = nodes["ColorMNetLoadExemplar"]().add(exemplar, 0)
 
-    def colorize(m):
-        (encoded,) = nodes["ColorMNetEncode"]().encode(m, exemplars)
-        (memory,) = nodes["ColorMNetMemory"]().build(encoded, 5, 5, 10, 128, 10000, 30, True, True)
-        return nodes["ColorMNetColorize"]().colorize(m, memory, frames, "custom", True, 1, custom_size=112)[0]
-
-    tuned_frames, original = colorize(result), colorize(model)
-    assert tuned_frames.shape == frames.shape and torch.isfinite(tuned_frames).all()
-    assert tuned_frames.min() >= 0 and tuned_frames.max() <= 1
-    assert not torch.equal(tuned_frames[1:], original[1:])
+    (encoded,) = nodes["ColorMNetEncode"]().encode(result, exemplars)
+    (memory,) = nodes["ColorMNetMemory"]().build(encoded, 5, 5, 10, 128, 10000, 30, True, True)
+    colorized = nodes["ColorMNetColorize"]().colorize(result, memory, frames, "custom", True, 1, custom_size=112)[0]
+    assert colorized.shape == frames.shape and torch.isfinite(colorized).all()
+    assert colorized.min() >= 0 and colorized.max() <= 1 and (colorized[..., 0] - colorized[..., 2]).abs().mean() > 0.01
 
 
 @pytest.mark.slow
@@ -143,21 +143,21 @@ def test_same_inputs_after_a_restart_load_the_kept_weights(tuned, node_cls, monk
 
     monkeypatch.setattr(training, "finetune_network", never)
     monkeypatch.setattr(training, "estimate_finetune_seconds", never)
-    out = node_cls().tune(loaded_model(), images=colour_pictures(4), **settings())
+    out = node_cls().tune(loaded_model(), images=colour_pictures(3), **settings())
     (result,) = out["result"]
     assert result == tuned["out"]["result"][0]
     assert out["ui"]["text"][0].startswith("Tuned earlier with these inputs")
     assert out["ui"]["text"][1:] == tuned["out"]["ui"]["text"][1:]
     # Another setting is another tuning.
     with pytest.raises(AssertionError, match="tuned again"):
-        node_cls().tune(loaded_model(), images=colour_pictures(4), **settings(seed=4))
+        node_cls().tune(loaded_model(), images=colour_pictures(3), **settings(seed=4))
 
 
 @pytest.mark.slow
 def test_save_as_writes_a_checkpoint_the_loader_lists_and_loads(tuned, tree, node_cls):
     nodes = load_plugin().NODE_CLASS_MAPPINGS
     errors = submodule("colormnet_core.errors")
-    out = node_cls().tune(loaded_model(), images=colour_pictures(4), save_as="my film tuned", **settings())
+    out = node_cls().tune(loaded_model(), images=colour_pictures(3), save_as="my film tuned", **settings())
     saved = tree / "models" / "my film tuned.safetensors"
     record = json.loads(out["result"][0].path.with_suffix(".json").read_text())
     assert hashlib.sha256(saved.read_bytes()).hexdigest() == record["sha256"]
@@ -169,17 +169,18 @@ def test_save_as_writes_a_checkpoint_the_loader_lists_and_loads(tuned, tree, nod
     # Saving again under its own name is fine; a checkpoint it did not write is never replaced, and a name
     # that is not a plain file name is refused, both before any tuning.
     stamp = saved.stat().st_mtime_ns
-    node_cls().tune(loaded_model(), images=colour_pictures(4), save_as="my film tuned.safetensors", **settings())
+    node_cls().tune(loaded_model(), images=colour_pictures(3), save_as="my film tuned.safetensors", **settings())
     assert saved.stat().st_mtime_ns == stamp
     for name, message in (("fixture", "did not write"), ("../elsewhere", "not a plain file name"),
                           ("a/b", "not a plain file name")):
         with pytest.raises(errors.InputError, match=message):
-            node_cls().tune(loaded_model(), images=colour_pictures(4), save_as=name, **settings(seed=9))
+            node_cls().tune(loaded_model(), images=colour_pictures(3), save_as=name, **settings(seed=9))
     assert (tree / "models" / "fixture.safetensors").is_symlink()
 
 
-@pytest.mark.slow
-def test_cancel_stops_after_the_step_and_keeps_nothing(tree, node_cls, monkeypatch):
+def test_cancel_stops_and_keeps_nothing(tree, node_cls, monkeypatch):
+    """Cancel (ComfyUI's interrupt flag, polled by the core before every step): Cancelled, no weights, no
+    record and no partial file kept, the input model as it was."""
     host, model_mod = submodule("nodes.host"), submodule("nodes.model")
     errors = submodule("colormnet_core.errors")
     model = loaded_model()
@@ -187,12 +188,13 @@ def test_cancel_stops_after_the_step_and_keeps_nothing(tree, node_cls, monkeypat
     folder = tree / "output" / "colormnet_finetune"
     kept = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
     steps = []
+    monkeypatch.setattr(submodule("colormnet_core.training"), "estimate_finetune_seconds", lambda *_: 42.0)
     monkeypatch.setattr(host, "progress", lambda total, node_id=None: steps.append)
-    monkeypatch.setattr(host, "interrupted", lambda: bool(steps))   # Cancel pressed during step 1
-    with pytest.raises(errors.Cancelled, match="after 1 of 5 steps; nothing was saved"):
-        node_cls().tune(model, images=colour_pictures(3), **settings(steps=5, holdout=0.0, seed=11))
-    assert steps == [1]
-    assert sorted(p.name for p in folder.iterdir()) == kept   # no new weights, record or partial file
+    monkeypatch.setattr(host, "interrupted", lambda: True)
+    with pytest.raises(errors.Cancelled, match="after 0 of 5 steps; nothing was saved"):
+        node_cls().tune(model, images=colour_pictures(3), **settings(steps=5, seed=11))
+    assert steps == []
+    assert (sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []) == kept
     assert weights_digest(model_mod.load_cached(model.path)) == before
 
 
@@ -202,11 +204,11 @@ def test_bad_inputs_say_what_to_do(tree, node_cls):
     node = node_cls()
     with pytest.raises(errors.InputError, match="no pictures to learn from"):
         node.tune(model, **settings())
-    grey = colour_pictures(4).mean(dim=-1, keepdim=True).expand(-1, -1, -1, 3)
+    grey = colour_pictures(3).mean(dim=-1, keepdim=True).expand(-1, -1, -1, 3)
     with pytest.raises(errors.InputError, match="no colour"):
         node.tune(model, images=grey, **settings())
     with pytest.raises(errors.InputError, match="multiple of 112"):
-        node.tune(model, images=colour_pictures(4), **settings(size=100))
+        node.tune(model, images=colour_pictures(3), **settings(size=100))
     with pytest.raises(errors.InputError, match="too little to learn from"):
         node.tune(model, images=colour_pictures(1), **settings())
     with pytest.raises(errors.InputError, match="IMAGE batch"):
@@ -247,3 +249,14 @@ def test_a_damaged_cache_entry_is_removed_and_tuned_again(tree):
     assert not weights.exists() and not record.exists()
     weights.write_bytes(b"weights without their record: an unfinished tuning")
     assert finetune.cached_tuning(key) is None
+
+
+def test_status_reports_the_held_out_scores():
+    finetune = submodule("nodes.finetune")
+    record = {"steps_done": 300, "pictures": 10, "seconds": 754.0, "first_loss": 0.25, "last_loss": 0.125,
+              "before": {"psnr": 27.5, "ssim": 0.91, "cdc": 0.0042, "pictures": 2},
+              "after": {"psnr": 29.25, "ssim": 0.93, "cdc": 0.0039, "pictures": 2}}
+    lines = finetune.report(record, False, None)
+    assert lines == ["Tuned: 300 steps on 10 pictures in 13 min.", "Loss 0.2500 -> 0.1250.",
+                     "Held out 2 pictures: PSNR 27.50 -> 29.25 dB, SSIM 0.910 -> 0.930, CDC 0.0042 -> 0.0039 "
+                     "(lower is steadier)."]
