@@ -31,8 +31,8 @@ def known_inputs(spec_dir):
 def test_every_workflow_ships_in_both_formats_with_thumbnails():
     stems = {p.stem for p in UI_FILES}
     assert stems == {"colormnet_basic", "colormnet_keyframes", "colormnet_image_model_exemplar", "colormnet_long_video",
-                     "colormnet_shots_sd15", "colormnet_shots_flux_kontext", "colormnet_film_sd15",
-                     "colormnet_film_flux_kontext", "colormnet_film_assemble"}
+                     "colormnet_finetune", "colormnet_shots_sd15", "colormnet_shots_flux_kontext",
+                     "colormnet_film_sd15", "colormnet_film_flux_kontext", "colormnet_film_assemble"}
     assert {p.stem for p in API_FILES} == stems
     for stem in stems:
         thumb = WORKFLOWS / f"{stem}.jpg"
@@ -187,6 +187,24 @@ def test_film_workflows_render_the_next_shot_per_queued_prompt(stem):
     assert kinds == ["ColorMNetAssembleFilm", "ColorMNetFilmProject", "SaveVideo"]
     [opened] = [n["inputs"] for n in assemble.values() if n["class_type"] == "ColorMNetFilmProject"]
     assert opened["project"] == project["project"] and "video" not in opened
+
+
+def test_finetune_workflow_tunes_on_the_exemplars_and_colorizes_with_the_tuned_model():
+    """Model Loader -> Fine-tune (on the chained exemplars) -> the tuned model everywhere the loader's went."""
+    prompt = json.loads((WORKFLOWS / "api" / "colormnet_finetune.json").read_text())
+    by_type = {}
+    for node_id, node in prompt.items():
+        by_type.setdefault(node["class_type"], []).append((node_id, node["inputs"]))
+    [(loader_id, _)] = by_type["ColorMNetModelLoader"]
+    [(tune_id, tune)] = by_type["ColorMNetFinetune"]
+    chained = [node_id for node_id, inputs in by_type["ColorMNetLoadExemplar"] if "exemplars" in inputs]
+    assert tune["model"] == [loader_id, 0] and tune["exemplars"] == [chained[0], 0]
+    assert tune["steps"] == 300 and tune["save_as"] == ""
+    [(_, encode)] = by_type["ColorMNetEncode"]
+    [(_, colorize)] = by_type["ColorMNetColorize"]
+    assert encode["model"] == [tune_id, 0] and colorize["model"] == [tune_id, 0]
+    assert [links for links in (v for node in prompt.values() for v in node["inputs"].values())
+            if links == [loader_id, 0]] == [[loader_id, 0]]   # the loader feeds Fine-tune only
 
 
 def test_shipped_workflows_are_up_to_date_with_the_node_definitions(spec_dir):
