@@ -5,7 +5,7 @@ from __future__ import annotations
 from .colorize import ColorMNetColorize
 from .exemplars import ColorMNetEncode, ColorMNetLoadExemplar
 from .film import ColorMNetAssembleFilm, ColorMNetFilmProject, ColorMNetFilmShot, ColorMNetRenderShot
-from .finetune import ColorMNetFinetune
+from .finetune import ColorMNetFilmExemplars, ColorMNetFinetune
 from .memory import ColorMNetMemory
 from .model import ColorMNetDownloadModel, ColorMNetModelLoader
 from .shots import ColorMNetDetectShots
@@ -26,6 +26,7 @@ NODE_CLASS_MAPPINGS = {
     "ColorMNetFilmShot": ColorMNetFilmShot,
     "ColorMNetRenderShot": ColorMNetRenderShot,
     "ColorMNetAssembleFilm": ColorMNetAssembleFilm,
+    "ColorMNetFilmExemplars": ColorMNetFilmExemplars,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -43,4 +44,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ColorMNetFilmShot": "ColorMNet Film Shot",
     "ColorMNetRenderShot": "ColorMNet Render Shot",
     "ColorMNetAssembleFilm": "ColorMNet Assemble Film",
+    "ColorMNetFilmExemplars": "ColorMNet Film Exemplars",
 }

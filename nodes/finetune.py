@@ -199,24 +199,27 @@ def run_tuning(model: ColorMNetModel, pictures: list[torch.Tensor], clips: tuple
     training = _core()
     device = host.torch_device()
     network = load_cached(model.path)
+    # ComfyUI runs every node under torch.inference_mode() (and the loader made the weights there), where
+    # nothing can be trained: the core trains a copy of them with autograd back on.
     try:
-        host.free_memory_for(_training_bytes(network, config), device)
-        estimate = training.estimate_finetune_seconds(network, pictures, config, device, clips)
-        start = [f"Fine-tuning {config.steps} steps on {len(pictures)} pictures"
-                 f"{f' and {len(clips)} colour clip' if clips else ''}: about {_duration(estimate)} on the "
-                 f"{device.type.upper()}."]
-        host.show_status(unique_id, start)
-        log.info("ColorMNet: %s", start[0])
-        update = host.progress(config.steps)
+        with torch.inference_mode(False), torch.enable_grad():
+            host.free_memory_for(_training_bytes(network, config), device)
+            estimate = training.estimate_finetune_seconds(network, pictures, config, device, clips)
+            start = [f"Fine-tuning {config.steps} steps on {len(pictures)} pictures"
+                     f"{f' and {len(clips)} colour clip' if clips else ''}: about {_duration(estimate)} on the "
+                     f"{device.type.upper()}."]
+            host.show_status(unique_id, start)
+            log.info("ColorMNet: %s", start[0])
+            update = host.progress(config.steps)
 
-        def on_step(step) -> None:
-            update(step.step)
-            if step.step == step.steps or step.step % 50 == 0:
-                log.info("ColorMNet fine-tune: step %d/%d, loss %.4f, %s left", step.step, step.steps, step.loss,
-                         _duration(step.eta_s))
+            def on_step(step) -> None:
+                update(step.step)
+                if step.step == step.steps or step.step % 50 == 0:
+                    log.info("ColorMNet fine-tune: step %d/%d, loss %.4f, %s left", step.step, step.steps, step.loss,
+                             _duration(step.eta_s))
 
-        result = training.finetune_network(network, pictures, config, device=device, colour_frames=clips,
-                                           on_step=on_step, should_stop=host.interrupted)
+            result = training.finetune_network(network, pictures, config, device=device, colour_frames=clips,
+                                               on_step=on_step, should_stop=host.interrupted)
     except torch.OutOfMemoryError as e:
         raise ResolutionError(f"the GPU ran out of memory fine-tuning at size {config.size} with batch_size "
                               f"{config.batch_size}. Lower size (e.g. 336 or 224) or batch_size to 1.") from e
@@ -361,3 +364,61 @@ class ColorMNetFinetune:
         log.info("ColorMNet fine-tune %s: %s", key[:12], " ".join(lines))
         tuned = ColorMNetModel(weights, model.precision, record["family"])
         return {"ui": {"text": lines}, "result": (tuned,)}
+
+
+class ColorMNetFilmExemplars:
+    CATEGORY = "ColorMNet"
+    SEARCH_ALIASES = [*SEARCH_ALIASES, "film", "fine-tune", "exemplars", "project"]
+    DESCRIPTION = ("The colour exemplars a film project holds for a run of its shots (exemplars/<frame>.png, "
+                   "saved as each shot was rendered; the references exemplars/reference*.png too), for Fine-tune: "
+                   "render the first shots with the film workflow, tune on their exemplars here (save_as), then "
+                   "pick the tuned checkpoint in the film workflow's Model Loader and render the film with it.")
+    RETURN_TYPES = ("COLORMNET_EXEMPLARS",)
+    RETURN_NAMES = ("exemplars",)
+    OUTPUT_TOOLTIPS = ("The shots' exemplars (pinned at their frames) and the project's references.",)
+    FUNCTION = "gather"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from .film import MAX_SHOT
+
+        return {"required": {
+            "film": ("FILM", {"tooltip": "From Film Project (open the project by its name)."}),
+            "first_shot": ("INT", {"default": 0, "min": 0, "max": MAX_SHOT, "tooltip": "The first shot whose "
+                           "exemplars are taken (0 = the film's first)."}),
+            "shots": ("INT", {"default": 8, "min": 1, "max": MAX_SHOT, "tooltip": "How many shots from first_shot. "
+                      "Take shots that already have their exemplar: one added later changes the tuning's inputs, "
+                      "and Fine-tune then tunes again."}),
+        }, "hidden": {"unique_id": "UNIQUE_ID"}}
+
+    def gather(self, film, first_shot, shots, unique_id=None):
+        from ..colormnet_core.exemplars import Exemplar
+        from .film import _read_image, open_project
+
+        project = open_project(film)
+        count = len(project.shots)
+        if not 0 <= first_shot < count:
+            raise InputError(f"the film has {count} shots, 0-{count - 1}; first_shot {first_shot} is past them.")
+        last = min(count, first_shot + shots) - 1
+        files = project.exemplar_files()
+        chosen, missing = [], []
+        for index in range(first_shot, last + 1):
+            inside = [e for e in files if e.frame is not None and project.shots[index].holds(e.frame)]
+            chosen += inside
+            if not inside:
+                missing.append(index)
+        chosen += [e for e in files if e.frame is None]
+        if not chosen:
+            raise InputError(f"shots {first_shot}-{last} of the film project {project.dir.name!r} have no exemplar "
+                             f"yet: render them first with the film workflow (its image model makes one per shot), "
+                             f"or put colour pictures named <frame>.png into {project.dir / 'exemplars'}.")
+        exemplars = tuple(Exemplar(_read_image(Path(e.path))[0].permute(2, 0, 1).contiguous(), e.frame)
+                          for e in chosen)
+        references = sum(1 for e in chosen if e.frame is None)
+        lines = [f"{len(exemplars) - references} exemplars of shots {first_shot}-{last}"
+                 f"{f' and {references} references' if references else ''}."]
+        if missing:
+            lines.append(f"Shots without an exemplar yet: {', '.join(map(str, missing[:20]))}"
+                         f"{' ...' if len(missing) > 20 else ''}. Once they have one, Fine-tune tunes again.")
+        host.show_status(unique_id, lines)
+        return {"ui": {"text": lines}, "result": (exemplars,)}

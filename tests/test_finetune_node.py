@@ -68,11 +68,14 @@ def settings(**changes) -> dict:
 def tuned(tree, node_cls):
     """One real tuning: 3 pictures, 2 steps. Records the progress and the status text."""
     host, model_mod = submodule("nodes.host"), submodule("nodes.model")
-    model = loaded_model()
-    file_sha = hashlib.sha256(model.path.read_bytes()).hexdigest()
-    before = weights_digest(model_mod.load_cached(model.path))
+    model_mod._CACHE.clear()
     updates, texts = [], []
-    with pytest.MonkeyPatch.context() as mp:
+    # As in ComfyUI, which runs every node under inference mode: the loader's weights are inference tensors.
+    with pytest.MonkeyPatch.context() as mp, torch.inference_mode():
+        model = loaded_model()
+        assert next(model_mod.load_cached(model.path).parameters()).is_inference()
+        file_sha = hashlib.sha256(model.path.read_bytes()).hexdigest()
+        before = weights_digest(model_mod.load_cached(model.path))
         # The core's up-front estimate times two extra steps; the node only shows it (the core's tests check it).
         mp.setattr(submodule("colormnet_core.training"), "estimate_finetune_seconds", lambda *_: 42.0)
         mp.setattr(host, "progress", lambda total, node_id=None: lambda done: updates.append((done, total)))
