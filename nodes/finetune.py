@@ -393,7 +393,7 @@ class ColorMNetFilmExemplars:
 
     def gather(self, film, first_shot, shots, unique_id=None):
         from ..colormnet_core.exemplars import Exemplar
-        from .film import _read_image, open_project
+        from .film import _plural, _read_image, open_project
 
         project = open_project(film)
         count = len(project.shots)
@@ -415,8 +415,8 @@ class ColorMNetFilmExemplars:
         exemplars = tuple(Exemplar(_read_image(Path(e.path))[0].permute(2, 0, 1).contiguous(), e.frame)
                           for e in chosen)
         references = sum(1 for e in chosen if e.frame is None)
-        lines = [f"{len(exemplars) - references} exemplars of shots {first_shot}-{last}"
-                 f"{f' and {references} references' if references else ''}."]
+        lines = [f"{_plural(len(exemplars) - references, 'exemplar')} of shots {first_shot}-{last}"
+                 f"{' and ' + _plural(references, 'reference') if references else ''}."]
         if missing:
             lines.append(f"Shots without an exemplar yet: {', '.join(map(str, missing[:20]))}"
                          f"{' ...' if len(missing) > 20 else ''}. Once they have one, Fine-tune tunes again.")

@@ -670,6 +670,22 @@ def film_assemble(defs):
     return g
 
 
+def film_finetune(defs):
+    """Film Project (by name) -> Film Exemplars (its first shots') -> Fine-tune, saved as a checkpoint that the
+    film workflow's Model Loader then picks: tune once on the first shots, then render the film with it."""
+    g = Graph(defs)
+    g.stage("1 · Open the film")
+    film = g.add("ColorMNetFilmProject", project=FILM_PROJECT, threshold=0.2, min_shot_length=5)
+    g.stage("2 · Its first shots' exemplars")
+    exemplars = g.add("ColorMNetFilmExemplars", film=(film, 0), first_shot=0, shots=8)
+    g.stage("3 · Fine-tune and save")
+    loaded = g.add("ColorMNetModelLoader", checkpoint=CHECKPOINT, precision="auto")
+    # The example film has two shots, so nothing is held out; with eight or more exemplars keep 0.2 for scores.
+    g.add("ColorMNetFinetune", model=(loaded, 0), exemplars=(exemplars, 0), steps=300, learning_rate=1e-5, size=448,
+          holdout=0.0, seed=14159265, batch_size=1, save_as=f"{FILM_PROJECT}_tuned")
+    return g
+
+
 WORKFLOWS = {
     "colormnet_basic": basic,
     "colormnet_keyframes": keyframes,
@@ -681,6 +697,7 @@ WORKFLOWS = {
     "colormnet_film_sd15": film_sd15,
     "colormnet_film_flux_kontext": film_flux_kontext,
     "colormnet_film_assemble": film_assemble,
+    "colormnet_film_finetune": film_finetune,
 }
 
 

@@ -263,3 +263,39 @@ def test_status_reports_the_held_out_scores():
     assert lines == ["Tuned: 300 steps on 10 pictures in 13 min.", "Loss 0.2500 -> 0.1250.",
                      "Held out 2 pictures: PSNR 27.50 -> 29.25 dB, SSIM 0.910 -> 0.930, CDC 0.0042 -> 0.0039 "
                      "(lower is steadier)."]
+
+
+def test_film_exemplars_gives_the_projects_exemplars_of_a_run_of_shots(tree, tmp_path):
+    """Three shots; shots 0 and 2 hold exemplars, plus a reference: Film Exemplars of shots 0-1 gives shot 0's
+    and the reference, and says that shot 1 has none yet."""
+    from .clips import make_shot_clip
+
+    nodes = load_plugin().NODE_CLASS_MAPPINGS
+    film_core, video = submodule("colormnet_core.film"), submodule("nodes.video")
+    errors = submodule("colormnet_core.errors")
+    clip = make_shot_clip(tmp_path / "three.mp4", shots=(4, 4, 4), size=(112, 64), fps=12)
+    out = nodes["ColorMNetFilmProject"]().open_film("tune film", 0.2, 2, video=video.VideoFile(clip))
+    (film,) = out["result"]
+    assert len(film.shots) == 3
+    project = film_core.FilmProject.open(film.dir)
+    pictures = (colour_pictures(3, 64, 112) * 255).round().to(torch.uint8).permute(0, 3, 1, 2)
+    node = nodes["ColorMNetFilmExemplars"]()
+    with pytest.raises(errors.InputError, match="have no exemplar yet: render them first"):
+        node.gather(film, 0, 8)
+    project.save_exemplar(film.shots[0][0], pictures[0])
+    project.save_exemplar(film.shots[2][0], pictures[1])
+    (project.dir / "exemplars" / "reference.png").write_bytes(
+        submodule("colormnet_core.film.project").png_bytes(pictures[2]))
+    out = node.gather(film, 0, 2, unique_id="3")
+    (exemplars,) = out["result"]
+    assert [e.frame for e in exemplars] == [film.shots[0][0], None]
+    assert torch.equal((exemplars[0].image * 255).round().to(torch.uint8), pictures[0])
+    assert out["ui"]["text"] == ["1 exemplar of shots 0-1 and 1 reference.",
+                                 "Shots without an exemplar yet: 1. Once they have one, Fine-tune tunes again."]
+    (everything,) = node.gather(film, 0, 8)["result"]
+    assert [e.frame for e in everything] == [film.shots[0][0], film.shots[2][0], None]
+    with pytest.raises(errors.InputError, match="first_shot 3 is past them"):
+        node.gather(film, 3, 1)
+    spec = nodes["ColorMNetFilmExemplars"].INPUT_TYPES()["required"]
+    assert list(spec) == ["film", "first_shot", "shots"] and nodes["ColorMNetFilmExemplars"].RETURN_TYPES == (
+        "COLORMNET_EXEMPLARS",)

@@ -12,7 +12,7 @@ NODE_IDS = ["ColorMNetModelLoader", "ColorMNetDownloadModel", "ColorMNetLoadExem
             "ColorMNetMemory", "ColorMNetFinetune", "ColorMNetColorize", "ColorMNetColorizeVideo",
             "ColorMNetDetectShots",
             "ColorMNetVideo", "ColorMNetFilmProject", "ColorMNetFilmShot", "ColorMNetRenderShot",
-            "ColorMNetAssembleFilm"]
+            "ColorMNetAssembleFilm", "ColorMNetFilmExemplars"]
 
 
 @pytest.fixture(scope="module")
