@@ -299,3 +299,16 @@ def test_film_exemplars_gives_the_projects_exemplars_of_a_run_of_shots(tree, tmp
     spec = nodes["ColorMNetFilmExemplars"].INPUT_TYPES()["required"]
     assert list(spec) == ["film", "first_shot", "shots"] and nodes["ColorMNetFilmExemplars"].RETURN_TYPES == (
         "COLORMNET_EXEMPLARS",)
+
+
+def test_encodings_are_not_reused_for_another_network_that_got_the_same_id(monkeypatch):
+    """A fine-tuned network loaded where the original was freed can get its id: the encodings cache of a
+    shared Encode output must not hand it the original's encodings."""
+    exemplars_mod, preprocess = submodule("colormnet_core.exemplars"), submodule("colormnet_core.preprocess")
+    encoded = exemplars_mod.EncodedExemplars((exemplars_mod.Exemplar(torch.rand(3, 32, 48), 0),))
+    geometry = preprocess.Geometry.plan(32, 48, preprocess.ProcessingSize())
+    first, second = torch.nn.Module(), torch.nn.Module()
+    monkeypatch.setattr(exemplars_mod, "id", lambda obj: 1, raising=False)   # every network "at one address"
+    prepared = encoded.prepare(first, geometry, torch.device("cpu"))
+    assert encoded.prepare(first, geometry, torch.device("cpu")) is prepared
+    assert encoded.prepare(second, geometry, torch.device("cpu")) is not prepared
