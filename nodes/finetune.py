@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -176,12 +177,18 @@ def save_copy(weights: Path, target: Path, record: dict) -> None:
 
 # -- tuning -------------------------------------------------------------------------------------------
 
+def show(unique_id, lines: list[str]) -> None:
+    """Status lines on the node, each wrapped to the width the node shows (the frontend would cut words)."""
+    host.show_status(unique_id, [textwrap.fill(line, host.TEXT_WIDTH, break_long_words=False) for line in lines])
+
+
 def _duration(seconds: float) -> str:
+    """e.g. "40 s", "13 min", "2.5 h" (a no-break space: the node's line wrap keeps number and unit together)."""
     if seconds < 90:
-        return f"{seconds:.0f} s"
+        return f"{seconds:.0f}\u00a0s"
     if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+        return f"{seconds / 60:.0f}\u00a0min"
+    return f"{seconds / 3600:.1f}\u00a0h"
 
 
 def _training_bytes(network, config) -> int:
@@ -208,7 +215,7 @@ def run_tuning(model: ColorMNetModel, pictures: list[torch.Tensor], clips: tuple
             start = [f"Fine-tuning {config.steps} steps on {len(pictures)} pictures"
                      f"{f' and {len(clips)} colour clip' if clips else ''}: about {_duration(estimate)} on the "
                      f"{device.type.upper()}."]
-            host.show_status(unique_id, start)
+            show(unique_id, start)
             log.info("ColorMNet: %s", start[0])
             update = host.progress(config.steps)
 
@@ -360,7 +367,7 @@ class ColorMNetFinetune:
         if target is not None:
             save_copy(weights, target, record)
         lines = report(record, hit, target)
-        host.show_status(unique_id, lines)
+        show(unique_id, lines)
         log.info("ColorMNet fine-tune %s: %s", key[:12], " ".join(lines))
         tuned = ColorMNetModel(weights, model.precision, record["family"])
         return {"ui": {"text": lines}, "result": (tuned,)}
@@ -420,5 +427,5 @@ class ColorMNetFilmExemplars:
         if missing:
             lines.append(f"Shots without an exemplar yet: {', '.join(map(str, missing[:20]))}"
                          f"{' ...' if len(missing) > 20 else ''}. Once they have one, Fine-tune tunes again.")
-        host.show_status(unique_id, lines)
+        show(unique_id, lines)
         return {"ui": {"text": lines}, "result": (exemplars,)}

@@ -115,7 +115,8 @@ def test_tuned_model_colorizes_like_a_loaded_one_and_the_input_is_untouched(tune
     assert "fine-tuned" in result.family
     # Per-step progress, and the status on the prompt's node.
     assert tuned["updates"] == [(step, STEPS) for step in range(1, STEPS + 1)]
-    assert tuned["texts"][0] == ("7", "Fine-tuning 2 steps on 3 pictures: about 42 s on the CPU.")
+    assert tuned["texts"][0] == ("7", "Fine-tuning 2 steps on 3 pictures: about\n42\u00a0s on the CPU.")
+    assert max(len(line) for _, text in tuned["texts"] for line in text.split("\n")) <= 44   # the node's width
     assert [node for node, _ in tuned["texts"]] == ["7", "7"] and "Tuned: 2 steps on 3 pictures" in out["ui"]["text"][0]
     assert "Nothing held out" in out["ui"]["text"][2]
     # The input: file and loaded weights as they were; the tuned weights differ.
@@ -260,7 +261,7 @@ def test_status_reports_the_held_out_scores():
               "before": {"psnr": 27.5, "ssim": 0.91, "cdc": 0.0042, "pictures": 2},
               "after": {"psnr": 29.25, "ssim": 0.93, "cdc": 0.0039, "pictures": 2}}
     lines = finetune.report(record, False, None)
-    assert lines == ["Tuned: 300 steps on 10 pictures in 13 min.", "Loss 0.2500 -> 0.1250.",
+    assert lines == ["Tuned: 300 steps on 10 pictures in 13\u00a0min.", "Loss 0.2500 -> 0.1250.",
                      "Held out 2 pictures: PSNR 27.50 -> 29.25 dB, SSIM 0.910 -> 0.930, CDC 0.0042 -> 0.0039 "
                      "(lower is steadier)."]
 
