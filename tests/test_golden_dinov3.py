@@ -25,7 +25,7 @@ from colormnet_core.session import ColorizeSession
 
 from . import golden
 from . import golden_dinov3 as fixture
-from .test_golden import TIE_GAP, tie_status
+from .golden import TIE_GAP, tie_status
 
 pytestmark = pytest.mark.slow
 

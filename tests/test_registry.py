@@ -101,8 +101,10 @@ def test_the_registry_archive_is_small_and_holds_what_users_need(packed):
     assert set(tracked) <= names                       # every workflow, thumbnail and example medium
     assert not [n for n in names if n.split("/")[0] in ("tests", "bench", ".ci", ".github")]
     assert not [n for n in names if n.startswith("scripts/") and n != "scripts/queue_batch.py"]
+    readme_images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", (golden.REPO / "README.md").read_text())
+    assert readme_images and set(readme_images) <= names          # the README shows its pictures in the Registry
     assert "requirements-dev.txt" not in names and not [n for n in names if n.startswith("docs/") and
-                                                        n != "docs/icon.png"]
+                                                        n not in ("docs/icon.png", *readme_images)]
     # The README records the archive's size (within 20 %: it drifts a little with every change).
     stated = re.search(r"archive[^.]*?is ([0-9.]+) MB", (golden.REPO / "README.md").read_text())
     assert stated, "README: say how big the Registry archive is"
