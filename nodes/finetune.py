@@ -330,9 +330,11 @@ class ColorMNetFinetune:
             "holdout": ("FLOAT", {"default": d.holdout, "min": 0.0, "max": 0.9, "step": 0.05, "tooltip": "Share of "
                         "the pictures not trained on but scored before and after tuning (0: train on all, no "
                         "scores)."}),
-            "seed": ("INT", {"default": d.seed, "min": 0, "max": 2**31 - 1, "control_after_generate": True,
-                     "tooltip": "Every random choice of the tuning: the same inputs and seed give the same weights "
-                     "(on the same device)."}),
+            # Not named "seed": the frontend gives an input of that name a control that defaults to randomize,
+            # which would tune anew (minutes to hours) on every Run instead of reusing the tuned weights.
+            "tuning_seed": ("INT", {"default": d.seed, "min": 0, "max": 2**31 - 1, "tooltip": "Every random "
+                            "choice of the tuning (held-out pictures, augmentations, order): the same inputs and "
+                            "seed give the same weights on the same device, and are tuned only once."}),
             "batch_size": ("INT", {"default": d.batch_size, "min": 1, "max": 64, "tooltip": "Pseudo-sequences per "
                            "step. Higher: steadier steps, more memory."}),
             "colour_clip": ("IMAGE", {"tooltip": "Optional: consecutive colour frames of the film (e.g. a "
@@ -343,8 +345,8 @@ class ColorMNetFinetune:
                         "A file of that name that Fine-tune did not write is never replaced."}),
         }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
-    def tune(self, model, steps, learning_rate, exemplars=None, images=None, size=None, holdout=None, seed=None,
-             batch_size=None, colour_clip=None, save_as="", unique_id=None):
+    def tune(self, model, steps, learning_rate, exemplars=None, images=None, size=None, holdout=None,
+             tuning_seed=None, batch_size=None, colour_clip=None, save_as="", unique_id=None):
         from .film import checkpoint_sha256
 
         training = _core()
@@ -352,7 +354,7 @@ class ColorMNetFinetune:
         config = training.FinetuneConfig(
             steps=int(steps), learning_rate=float(learning_rate), size=int(defaults.size if size is None else size),
             holdout=float(defaults.holdout if holdout is None else holdout),
-            seed=int(defaults.seed if seed is None else seed),
+            seed=int(defaults.seed if tuning_seed is None else tuning_seed),
             batch_size=int(defaults.batch_size if batch_size is None else batch_size))
         pictures = gather_pictures(exemplars, images)
         clips = () if colour_clip is None else (colour_clip_frames(colour_clip),)

@@ -532,7 +532,7 @@ def finetune(defs):
     loaded = g.add("ColorMNetModelLoader", checkpoint=CHECKPOINT, precision="auto")
     # Two pictures only: nothing to spare for held-out scores (a real film gives one per shot: keep 0.2).
     tuned = g.add("ColorMNetFinetune", model=(loaded, 0), exemplars=(previous, 0), steps=300, learning_rate=1e-5,
-                  size=448, holdout=0.0, seed=14159265, batch_size=1, save_as="")
+                  size=448, holdout=0.0, tuning_seed=14159265, batch_size=1, save_as="")
     g.stage("4 · Colorize with the tuned model")
     encoded = g.add("ColorMNetEncode", model=(tuned, 0), exemplars=(previous, 0))
     memory = g.add("ColorMNetMemory", encoded=(encoded, 0), **MEMORY_DEFAULTS)
@@ -682,7 +682,7 @@ def film_finetune(defs):
     loaded = g.add("ColorMNetModelLoader", checkpoint=CHECKPOINT, precision="auto")
     # The example film has two shots, so nothing is held out; with eight or more exemplars keep 0.2 for scores.
     g.add("ColorMNetFinetune", model=(loaded, 0), exemplars=(exemplars, 0), steps=300, learning_rate=1e-5, size=448,
-          holdout=0.0, seed=14159265, batch_size=1, save_as=f"{FILM_PROJECT}_tuned")
+          holdout=0.0, tuning_seed=14159265, batch_size=1, save_as=f"{FILM_PROJECT}_tuned")
     return g
 
 

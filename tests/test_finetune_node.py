@@ -60,7 +60,7 @@ def loaded_model():
 
 def settings(**changes) -> dict:
     # Nothing held out: scoring costs two colorizations of every held-out picture (the core's tests score).
-    return {"steps": STEPS, "learning_rate": 1e-4, "size": SIZE, "holdout": 0.0, "seed": 3, "batch_size": 1,
+    return {"steps": STEPS, "learning_rate": 1e-4, "size": SIZE, "holdout": 0.0, "tuning_seed": 3, "batch_size": 1,
             **changes}
 
 
@@ -89,8 +89,8 @@ def test_input_spec_and_registration(node_cls):
     assert plugin.NODE_DISPLAY_NAME_MAPPINGS["ColorMNetFinetune"] == "ColorMNet Fine-tune"
     spec = node_cls.INPUT_TYPES()
     assert list(spec["required"]) == ["model", "steps", "learning_rate"]
-    assert list(spec["optional"]) == ["exemplars", "images", "size", "holdout", "seed", "batch_size", "colour_clip",
-                                      "save_as"]
+    assert list(spec["optional"]) == ["exemplars", "images", "size", "holdout", "tuning_seed", "batch_size",
+                                      "colour_clip", "save_as"]
     assert spec["required"]["model"][0] == "COLORMNET_MODEL"
     assert spec["optional"]["exemplars"][0] == "COLORMNET_EXEMPLARS" and spec["optional"]["images"][0] == "IMAGE"
     assert node_cls.RETURN_TYPES == ("COLORMNET_MODEL",) and node_cls.OUTPUT_NODE
@@ -98,8 +98,9 @@ def test_input_spec_and_registration(node_cls):
     for group in ("required", "optional"):
         for name, (_kind, *rest) in spec[group].items():
             assert rest and len(rest[0]["tooltip"]) > 30, name
-            if name in ("steps", "learning_rate", "size", "holdout", "seed", "batch_size"):
-                assert rest[0]["default"] == getattr(defaults, name), name
+            assert "control_after_generate" not in rest[0], name   # a randomized seed would tune on every Run
+            if name in ("steps", "learning_rate", "size", "holdout", "tuning_seed", "batch_size"):
+                assert rest[0]["default"] == getattr(defaults, name.removeprefix("tuning_")), name
                 assert rest[0]["min"] <= rest[0]["default"] <= rest[0]["max"], name
     assert spec["hidden"] == {"unique_id": "UNIQUE_ID"}
 
@@ -154,7 +155,7 @@ def test_same_inputs_after_a_restart_load_the_kept_weights(tuned, node_cls, monk
     assert out["ui"]["text"][1:] == tuned["out"]["ui"]["text"][1:]
     # Another setting is another tuning.
     with pytest.raises(AssertionError, match="tuned again"):
-        node_cls().tune(loaded_model(), images=colour_pictures(3), **settings(seed=4))
+        node_cls().tune(loaded_model(), images=colour_pictures(3), **settings(tuning_seed=4))
 
 
 @pytest.mark.slow
@@ -178,7 +179,7 @@ def test_save_as_writes_a_checkpoint_the_loader_lists_and_loads(tuned, tree, nod
     for name, message in (("fixture", "did not write"), ("../elsewhere", "not a plain file name"),
                           ("a/b", "not a plain file name")):
         with pytest.raises(errors.InputError, match=message):
-            node_cls().tune(loaded_model(), images=colour_pictures(3), save_as=name, **settings(seed=9))
+            node_cls().tune(loaded_model(), images=colour_pictures(3), save_as=name, **settings(tuning_seed=9))
     assert (tree / "models" / "fixture.safetensors").is_symlink()
 
 
@@ -196,7 +197,7 @@ def test_cancel_stops_and_keeps_nothing(tree, node_cls, monkeypatch):
     monkeypatch.setattr(host, "progress", lambda total, node_id=None: steps.append)
     monkeypatch.setattr(host, "interrupted", lambda: True)
     with pytest.raises(errors.Cancelled, match="after 0 of 5 steps; nothing was saved"):
-        node_cls().tune(model, images=colour_pictures(3), **settings(steps=5, seed=11))
+        node_cls().tune(model, images=colour_pictures(3), **settings(steps=5, tuning_seed=11))
     assert steps == []
     assert (sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []) == kept
     assert weights_digest(model_mod.load_cached(model.path)) == before
