@@ -1,4 +1,4 @@
-"""`python -m colormnet_core film init|status|render|revert|assemble`: a feature film, shot by shot.
+"""`python -m colormnet_core film init|status|render|revert|finetune|assemble`: a feature film, shot by shot.
 
 Exit status: 0 when the command did all it was asked (render: every shot is done), 3 when `render`
 left shots undone (needing an exemplar, busy in another process, or failed), 1 on an error that
@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -18,6 +19,7 @@ from ..cli import add_memory_arguments, memory_from_args, pick_device
 from ..errors import Cancelled
 from ..shots import ShotDetectorConfig, parse_shots
 from .assemble import assemble_film
+from .checkpoints import checkpoint_file, checkpoint_reason, project_checkpoint, revert_checkpoint
 from .commit import commit_shot, recover_all
 from .distributed import add_ray_arguments, render_jobs_with_ray
 from .history import revert_shot, shot_history
@@ -71,7 +73,9 @@ def add_film_parser(subparsers) -> None:
     render = sub.add_parser("render", help="render the shots that are missing or stale")
     render.add_argument("--project", required=True)
     render.add_argument("--shots", default=None, metavar="3,7-9", help="only these shots (indices; default all)")
-    render.add_argument("--checkpoint", default=None, help="ColorMNet checkpoint (default: the downloaded weights)")
+    render.add_argument("--checkpoint", default=None,
+                        help="ColorMNet checkpoint (default: the project's own, set by `film finetune`, else the "
+                             "downloaded weights)")
     render.add_argument("--size", default=None, help="processing size: 480, long:854, 0.5mp (default: official)")
     render.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     render.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -85,6 +89,7 @@ def add_film_parser(subparsers) -> None:
     add_memory_arguments(render)
     add_ray_arguments(render)
     render.set_defaults(handler=_render)
+    add_finetune_parser(sub)
     assemble = sub.add_parser("assemble", help="join the segments (no re-encoding) with the source's sound")
     assemble.add_argument("--project", required=True)
     assemble.add_argument("--output", required=True, help="the film: .mp4, .mov or .mkv")
@@ -167,17 +172,31 @@ def _device(name: str) -> torch.device:
     return device
 
 
+def render_checkpoint(project: FilmProject, explicit: str | None) -> Path:
+    """The checkpoint a render uses: `explicit` (--checkpoint), else the project's own, else the download."""
+    from ..download import find_checkpoint
+
+    own = checkpoint_file(project)
+    if explicit is None:
+        return own or find_checkpoint(None)
+    path = find_checkpoint(explicit)
+    if own is not None and path.resolve() != own.resolve():
+        print(f"note: rendering with {path} as asked; the project's own checkpoint is {own.name} ("
+              f"{checkpoint_reason(project, project_checkpoint(project).sha256)}), and `film status` judges the "
+              f"shots by it", file=sys.stderr)
+    return path
+
+
 def _render(args: argparse.Namespace) -> int:
     from ..checkpoint import load_model, sha256_file
-    from ..download import find_checkpoint
 
     settings = FilmSettings(size=args.size, memory=memory_from_args(args), precision=args.dtype,
                             gamut="keep_luminance" if args.keep_luminance else "clip", crf=args.crf,
                             propagation=args.propagation)
     device = None if args.ray else _device(args.device)
-    checkpoint = find_checkpoint(args.checkpoint)
     shots = None if args.shots is None else _indices(args.shots)
     project = FilmProject.open(args.project, check_source=False)
+    checkpoint = render_checkpoint(project, args.checkpoint)
     with project.render_lock():      # first: a second render refuses at once, before reading the source
         project.check_source()
         recover_all(project)
@@ -247,6 +266,93 @@ def _render_jobs(project, todo, network, device, key_batch, failed, busy) -> int
     elapsed = time.perf_counter() - started
     print(f"rendered {plural(rendered, 'shot')} in {elapsed:.1f} s", file=sys.stderr)
     return 0
+
+
+def add_finetune_parser(sub) -> None:
+    from ..training.finetune import FinetuneConfig
+
+    defaults = FinetuneConfig()
+    tune = sub.add_parser(
+        "finetune", help="teach the network this film: fine-tune it on the project's exemplars, make it the "
+                         "project's checkpoint (every shot goes stale); --revert goes back",
+        description="Fine-tunes the project's checkpoint (or the downloaded weights) on pseudo-sequences made from "
+                    "every colour picture in exemplars/ (the official static-image augmentation), plus colour "
+                    "frames of the film if you have them. A share of the pictures is held out and scored (PSNR, "
+                    "SSIM, CDC) before and after. The result is written to checkpoints/finetuned-<sha8>.safetensors "
+                    "and becomes the project's checkpoint. Weights tuned from the official or CMNET2 weights stay "
+                    "under their licence, CC BY-NC-SA 4.0 (non-commercial).")
+    tune.add_argument("--project", required=True)
+    tune.add_argument("--steps", type=int, default=defaults.steps, help=f"optimizer steps (default {defaults.steps})")
+    tune.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    tune.add_argument("--colour-frames", default=None, metavar="DIR",
+                      help="colour frames of the film (e.g. another release): each sub-folder of DIR is a clip of "
+                           "consecutive frames, loose images are stills")
+    tune.add_argument("--size", type=int, default=defaults.size,
+                      help=f"square training crop, a multiple of 112 (default {defaults.size}, official)")
+    tune.add_argument("--lr", type=float, default=defaults.learning_rate,
+                      help=f"learning rate (default {defaults.learning_rate})")
+    tune.add_argument("--holdout", type=float, default=defaults.holdout,
+                      help=f"share of the pictures held out for the before/after scores (default {defaults.holdout})")
+    tune.add_argument("--seed", type=int, default=defaults.seed)
+    tune.add_argument("--checkpoint", default=None,
+                      help="start from this checkpoint (default: the project's own, else the downloaded weights)")
+    tune.add_argument("--unlock-backbone", action="store_true",
+                      help="DINOv3 (CMNET2) checkpoints: train the ViT backbone too (CMNET2's --unlock_backbone)")
+    tune.add_argument("--revert", action="store_true",
+                      help="go back to the project's previous checkpoint (the fine-tuned file is kept)")
+    tune.set_defaults(handler=_finetune)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..checkpoint import load_model
+    from ..training.finetune import FinetuneConfig, check_finetune_data, estimate_finetune_seconds
+    from .finetune import finetune_project, project_inputs
+
+    project = FilmProject.open(args.project)
+    if args.revert:
+        with project.render_lock():
+            left, now = revert_checkpoint(project)
+        print(f"the project's checkpoint is {now.path.name} again (left {left.path.name}, kept in "
+              f"{left.path.parent}); every shot rendered with {left.path.name} is stale: run `film render "
+              f"--project {project.dir}`", file=sys.stderr)
+        return 0
+    config = FinetuneConfig(steps=args.steps, learning_rate=args.lr, size=args.size, holdout=args.holdout,
+                            seed=args.seed, unlock_backbone=args.unlock_backbone)
+    device = _device(args.device)
+    with project.render_lock():
+        inputs = project_inputs(project, config, colour_frames=args.colour_frames, checkpoint=args.checkpoint)
+        check_finetune_data(inputs.pictures, config, inputs.colour_frames)      # refuse before any work
+        started = time.perf_counter()
+        network = load_model(inputs.start.path, device=device)
+        estimate = estimate_finetune_seconds(network, inputs.pictures, config, device, inputs.colour_frames)
+        print(f"fine-tuning {inputs.start.path.name} on {inputs.describe()}: {config.steps} steps at {config.size} px "
+              f"on {device}; estimated {_duration(estimate)}", file=sys.stderr)
+        try:
+            with tqdm(total=config.steps, unit="step", file=sys.stderr, desc="fine-tune") as bar:
+                def on_step(step) -> None:
+                    bar.update(1)
+                    bar.set_postfix_str(f"loss {step.loss:.4f}")
+
+                outcome = finetune_project(project, inputs, config, device=device, network=network, on_step=on_step)
+        except KeyboardInterrupt:
+            print("\nstopped; the project is unchanged (nothing was written).", file=sys.stderr)
+            return 130
+    result = outcome.result
+    if result.before is not None and result.after is not None:
+        print(f"held-out ({plural(result.before.pictures, 'picture')}, {result.before.frames} frames) before: "
+              f"{result.before.describe()}\n{' ' * 10}after:  {result.after.describe()} "
+              f"(PSNR {result.after.psnr - result.before.psnr:+.2f} dB)", file=sys.stderr)
+    print(f"fine-tuned in {_duration(time.perf_counter() - started)} (estimate setup included); wrote "
+          f"{outcome.checkpoint.path} (sha256 {outcome.checkpoint.sha256}); it is now the project's checkpoint and "
+          f"every rendered shot is stale: run `film render --project {project.dir}` (or `film finetune --revert`)",
+          file=sys.stderr)
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _assemble(args: argparse.Namespace) -> int:

@@ -87,12 +87,14 @@ class Reverted:
 def revert_shot(project, i: int, settings: FilmSettings | None = None, checkpoint_sha256: str | None = None
                 ) -> Reverted:
     """Bring back shot i's previous exemplars (see the module docstring). Settings and checkpoint:
-    those to judge the segment by (default: the project's last render's)."""
+    those to judge the segment by (default: the project's last render's; its own checkpoint when
+    `film finetune` set one)."""
+    from .checkpoints import judged_checkpoint_sha256
     from .plan import plan_jobs
 
     i = project.shot_index(i)
     settings = settings or project.settings()
-    checkpoint_sha256 = checkpoint_sha256 or project.data.get("checkpoint_sha256")
+    checkpoint_sha256 = checkpoint_sha256 or judged_checkpoint_sha256(project)
     if settings is None or checkpoint_sha256 is None:
         raise FilmError(f"shot {i} has never been rendered, so it has no previous exemplar to go back to.")
     record = record_of(project, i)

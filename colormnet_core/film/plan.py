@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from .checkpoints import checkpoint_reason, judged_checkpoint_sha256
 from .jobs import ExemplarFile, FilmSettings, ShotJob
 from .records import record_of, segment_state
 from .source import span
@@ -64,8 +65,9 @@ def stale_reason(project, job: ShotJob) -> str:
     now = job.to_json()
     reasons = []
     if made.get("checkpoint_sha256") != now["checkpoint_sha256"]:
-        reasons.append(f"checkpoint changed (segment made with sha256 {str(made.get('checkpoint_sha256'))[:12]}, "
-                       f"now {now['checkpoint_sha256'][:12]})")
+        why = checkpoint_reason(project, now["checkpoint_sha256"])
+        reasons.append(f"checkpoint changed{': ' + why if why else ''} (segment made with sha256 "
+                       f"{str(made.get('checkpoint_sha256'))[:12]}, now {now['checkpoint_sha256'][:12]})")
     old_settings, new_settings = made.get("settings") or {}, now["settings"]
     changed = sorted(k for k in set(old_settings) | set(new_settings) if old_settings.get(k) != new_settings.get(k))
     if changed:
@@ -85,10 +87,11 @@ def state_of(project, job: ShotJob) -> State:
 
 def shot_states(project, settings: FilmSettings | None = None, checkpoint_sha256: str | None = None,
                 shots: list[int] | None = None) -> list[ShotState]:
-    """Every shot's state against `settings` and the checkpoint (default: the last render's; before any
-    render, shots with an exemplar are pending)."""
+    """Every shot's state against `settings` and the checkpoint (default: the project's own checkpoint
+    when `film finetune` set one, else the last render's; before any render, shots with an exemplar
+    are pending)."""
     settings = settings or project.settings() or FilmSettings()
-    checkpoint_sha256 = checkpoint_sha256 or project.data.get("checkpoint_sha256") or "not rendered yet"
+    checkpoint_sha256 = checkpoint_sha256 or judged_checkpoint_sha256(project) or "not rendered yet"
     states = []
     for job in plan_jobs(project, settings, checkpoint_sha256, shots):
         state = state_of(project, job)

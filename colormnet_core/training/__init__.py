@@ -8,6 +8,7 @@
     families.py      what each checkpoint family freezes
     trainer.py       Trainer: optimizer, scheduler, AMP, data schedule, one step at a time
     finetune.py      fine-tuning on a film's own pictures, with held-out scores before and after
+    holdout.py       those scores: held-out sequences colorized from their first frame, PSNR/SSIM/CDC
     state.py         resumable checkpoints, inference exports
     distributed.py   torchrun process groups
     monitor.py       progress bar, losses.jsonl, TensorBoard

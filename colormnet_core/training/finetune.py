@@ -30,24 +30,20 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from ..errors import Cancelled, InputError
-from ..exemplars import EncodedExemplars, Exemplar
-from ..metrics import cdc, psnr, ssim
 from ..network import ColorMNet
-from ..session import ColorizeSession
 from .config import OFFICIAL_SEED, STATIC_STAGE, StageConfig
-from .datasets import ClipFolderDataset, PictureDataset, item_seed
+from .datasets import ClipFolderDataset, PictureDataset
 from .distributed import ProcessGroup
+from .holdout import HoldoutScores, holdout_sequences, score_holdout
 from .trainer import Trainer, derived_seed
 
 log = logging.getLogger(__name__)
@@ -76,6 +72,7 @@ class FinetuneConfig:
     holdout_frames: int = 6                     # frames of each held-out sequence (the first is the exemplar)
     unlock_backbone: bool = False               # DINOv3 family: train its ViT too (CMNET2's --unlock_backbone)
     amp: bool | None = None                     # fp16 autocast; None: on CUDA only
+    num_workers: int = 0                        # data-loading processes (0: in this one); same data either way
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -95,8 +92,8 @@ class FinetuneConfig:
         if self.num_frames < 2 or self.num_ref_frames < 1:
             raise InputError(f"a training sequence needs at least 2 frames and 1 reference frame, got "
                              f"{self.num_frames} and {self.num_ref_frames}.")
-        if self.weight_decay < 0 or self.clip_max_skip < 1:
-            raise InputError("weight decay must be >= 0 and clip_max_skip >= 1.")
+        if self.weight_decay < 0 or self.clip_max_skip < 1 or self.num_workers < 0:
+            raise InputError("weight decay and num_workers must be >= 0, clip_max_skip >= 1.")
         if self.holdout_frames < 2:
             raise InputError(f"a held-out sequence needs at least 2 frames (an exemplar and one to score), got "
                              f"{self.holdout_frames}.")
@@ -118,23 +115,6 @@ class FinetuneStep:
     loss: float
     elapsed_s: float
     eta_s: float
-
-
-@dataclass(frozen=True)
-class HoldoutScores:
-    """Means over the held-out sequences (see the module docstring). psnr in dB, higher is better;
-    ssim in [-1, 1], higher is better; cdc lower is steadier. pictures / clips: how many were held out;
-    frames: how many frames were scored."""
-
-    psnr: float
-    ssim: float
-    cdc: float
-    pictures: int
-    clips: int = 0
-    frames: int = 0
-
-    def describe(self) -> str:
-        return f"PSNR {self.psnr:.2f} dB, SSIM {self.ssim:.4f}, CDC {self.cdc:.5f}"
 
 
 @dataclass(frozen=True)
@@ -184,7 +164,10 @@ class _Material:
 
 
 def _held_count(n: int, share: float) -> int:
-    return 0 if share == 0 or n == 0 else min(n - 1, max(1, round(share * n))) if n > 1 else 0
+    """How many of n items are held out: round(share x n), at least 1 when share > 0, never all of them."""
+    if share == 0 or n < 2:
+        return 0
+    return min(n - 1, max(1, round(share * n)))
 
 
 def _split(n: int, share: float, seed: int, stream: int) -> tuple[list[int], list[int]]:
@@ -243,9 +226,9 @@ def check_finetune_data(pictures: Sequence, config: FinetuneConfig, colour_frame
         raise InputError(
             f"too little to learn from: {n_pictures} colour picture(s) and {n_clips} clip(s), of which {held} "
             f"held out for the before/after scores, leave {training} to train on; fine-tuning needs at least "
-            f"{wanted} pictures (with --holdout {config.holdout}), and {RECOMMENDED_PICTURES} or more to gain "
-            f"reliably. Add exemplars (one colour picture per shot: exemplars/<first frame>.png), or colour frames "
-            f"of the film (--colour-frames), or hold out nothing (--holdout 0; then no scores).")
+            f"{wanted} pictures (with holdout {config.holdout}), and {RECOMMENDED_PICTURES} or more to gain "
+            f"reliably. Add exemplars (one colour picture per shot, e.g. exemplars/<first frame>.png in a film "
+            f"project), or colour frames of the film, or hold out nothing (holdout 0: then no scores).")
     if n_pictures + n_clips < RECOMMENDED_PICTURES:
         log.warning("only %d colour pictures/clips: the fine-tune may gain little; %d or more are recommended",
                     n_pictures + n_clips, RECOMMENDED_PICTURES)
@@ -278,61 +261,18 @@ class FinetuneData:
         return self.clips[index - first, seed]
 
 
-# -- held-out scores ----------------------------------------------------------------------------------
-
-
-def _to_tensor(image: Image.Image) -> Tensor:
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
-
-
-def _centre_crop(frame: np.ndarray, size: int) -> Image.Image:
-    image = Image.fromarray(frame)
-    scale = size / min(image.size)
-    image = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))),
-                         Image.BICUBIC)
-    left, top = (image.width - size) // 2, (image.height - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
-def holdout_sequences(material: _Material, config: FinetuneConfig) -> list[list[Tensor]]:
-    """The held-out sequences, each a list of `3 x size x size` uint8 RGB frames (see the module docstring)."""
-    sequences = []
-    if material.held_pictures:
-        data = PictureDataset(material.held_pictures, num_frames=config.holdout_frames, crop=config.size)
-        seed = derived_seed(config.seed, 8)
-        for i in range(len(data)):
-            frames = data.frames_of(i, np.random.RandomState(item_seed(seed, 0, i)))
-            sequences.append([_to_tensor(f) for f in frames])
-    for clip in material.held_clips:
-        sequences.append([_to_tensor(_centre_crop(f, config.size)) for f in clip[:config.holdout_frames]])
-    return sequences
-
-
-def score_holdout(network: ColorMNet, sequences: list[list[Tensor]], *, pictures: int, clips: int,
-                  device: torch.device, should_stop: Callable[[], bool] | None = None) -> HoldoutScores:
-    """Colorize each sequence from its first frame (pinned exemplar) and score it against its colours."""
-    psnrs, ssims, cdcs = [], [], []
-    for frames in sequences:
-        session = ColorizeSession(network, EncodedExemplars((Exemplar(frames[0], frame=0),)), device=device)
-        outputs = [r.rgb for r in session.run(torch.stack(frames), should_stop=should_stop)]
-        for out, truth in zip(outputs[1:], frames[1:]):
-            value = psnr(out, truth)
-            if math.isfinite(value):
-                psnrs.append(value)
-            ssims.append(ssim(out, truth))
-        value = cdc(outputs)
-        if value is not None:
-            cdcs.append(value)
-    return HoldoutScores(statistics.fmean(psnrs) if psnrs else math.inf, statistics.fmean(ssims),
-                         statistics.fmean(cdcs) if cdcs else 0.0, pictures, clips, len(ssims))
-
-
 # -- training -----------------------------------------------------------------------------------------
+
+
+def _holdout(material: _Material, config: FinetuneConfig) -> list[list[Tensor]]:
+    return holdout_sequences(material.held_pictures, material.held_clips, frames=config.holdout_frames,
+                             size=config.size, seed=derived_seed(config.seed, 8))
 
 
 def _trainer(network: ColorMNet, material: _Material, config: FinetuneConfig, device: torch.device) -> Trainer:
     return Trainer(network, config.stage(), FinetuneData(material, config), seed=config.seed,
-                   group=ProcessGroup(device=device), amp=config.amp, unlock_backbone=config.unlock_backbone)
+                   group=ProcessGroup(device=device), amp=config.amp, num_workers=config.num_workers,
+                   unlock_backbone=config.unlock_backbone)
 
 
 def _training_copy(network: ColorMNet, device: torch.device) -> ColorMNet:
@@ -355,7 +295,7 @@ def estimate_finetune_seconds(network: ColorMNet, pictures: Sequence, config: Fi
     setup = time.perf_counter() - started
     trainer.step()
     step = trainer.step().seconds
-    sequences = holdout_sequences(material, config)
+    sequences = _holdout(material, config)
     score = 0.0
     if sequences:
         began = time.perf_counter()
@@ -382,7 +322,7 @@ def finetune_network(network: ColorMNet, pictures: Sequence, config: FinetuneCon
     device = torch.device(device)
     home = next(network.parameters()).device
     material = _material(pictures, config, colour_frames)
-    sequences = holdout_sequences(material, config)
+    sequences = _holdout(material, config)
     held = {"pictures": len(material.held_pictures), "clips": len(material.held_clips)}
     tuned = _training_copy(network, device)
     stop = should_stop or (lambda: False)

@@ -110,26 +110,35 @@ def load_training_state(folder: Path) -> dict:
     return state
 
 
-def export_weights(network: nn.Module, path: Path, *, metadata: dict[str, str] | None = None) -> str:
+def export_weights(network: nn.Module, path: Path, *, metadata: dict[str, str] | None = None,
+                   source: str = "trained by python -m colormnet_core train") -> str:
     """Write the network for inference: .safetensors under official names (atomic), then its sha256
-    sidecar (`<file>.sha256`, read by `download.verify`). Returns the sha256."""
+    sidecar (`<file>.sha256`, read by `download.verify`). Returns the sha256.
+
+    Self-contained for both families: a DINOv3 (CMNET2) network's export holds its whole ViT backbone
+    under CMNET2's names, so it loads without a `dinov3-vitb16/` folder beside it - a tuned head must
+    meet the backbone it was tuned with, and `unlock_backbone` changes the backbone itself.
+
+    A `{sha8}` in the file name is replaced by the first 8 hex digits of the file's sha256 (content-
+    named files: the same weights always get the same name). source: the sidecar's provenance line."""
     from ..download import sidecar
     from ..film.records import fsync_dir, fsync_file, write_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
-    partial = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
+    partial = path.with_name(f".{path.name.replace('{sha8}', 'x')}.partial-{uuid.uuid4().hex[:8]}")
     try:
         save_safetensors(state, partial, metadata=metadata)
         fsync_file(partial)
         digest = sha256_file(partial)
+        path = path.with_name(path.name.replace("{sha8}", digest[:8]))
         sidecar(path).unlink(missing_ok=True)             # a record of older bytes must not outlive them
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
-    write_atomic(sidecar(path), (f"{digest}  {path.name}\nsource trained by python -m colormnet_core train\n"
+    write_atomic(sidecar(path), (f"{digest}  {path.name}\nsource {source}\n"
                                  f"Derived from ColorMNet weights licensed {WEIGHTS_LICENSE} when started from "
                                  f"them.\n").encode())
     return digest
