@@ -19,6 +19,7 @@ bilinear resize (no 8-bit rounding).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -112,10 +113,14 @@ class EncodedExemplars:
         key, so that a session in one precision never reads encodings made in another (a float32
         read of bfloat16 keys fails, and a float16 session would silently use float32 encodings)."""
         cache_key = (geometry.processing_size, geometry.padding, str(device), dtype, id(network))
-        if cache_key not in self._cache:
+        cached = self._cache.get(cache_key)
+        # The id of a network that was freed can be a new network's (a model swapped for a fine-tuned one
+        # in the same memory): the entry counts only while it is the very same network object.
+        if cached is None or cached[0]() is not network:
             self._cache.clear()   # one geometry at a time keeps device memory bounded
-            self._cache[cache_key] = [self._prepare_one(e, network, geometry, device) for e in self.exemplars]
-        return self._cache[cache_key]
+            prepared = [self._prepare_one(e, network, geometry, device) for e in self.exemplars]
+            self._cache[cache_key] = cached = (weakref.ref(network), prepared)
+        return cached[1]
 
     @torch.inference_mode()
     def _prepare_one(self, exemplar: Exemplar, network: ColorMNet, geometry: Geometry,

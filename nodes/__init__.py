@@ -5,6 +5,7 @@ from __future__ import annotations
 from .colorize import ColorMNetColorize
 from .exemplars import ColorMNetEncode, ColorMNetLoadExemplar
 from .film import ColorMNetAssembleFilm, ColorMNetFilmProject, ColorMNetFilmShot, ColorMNetRenderShot
+from .finetune import ColorMNetFilmExemplars, ColorMNetFinetune
 from .memory import ColorMNetMemory
 from .model import ColorMNetDownloadModel, ColorMNetModelLoader
 from .shots import ColorMNetDetectShots
@@ -16,6 +17,7 @@ NODE_CLASS_MAPPINGS = {
     "ColorMNetLoadExemplar": ColorMNetLoadExemplar,
     "ColorMNetEncode": ColorMNetEncode,
     "ColorMNetMemory": ColorMNetMemory,
+    "ColorMNetFinetune": ColorMNetFinetune,
     "ColorMNetColorize": ColorMNetColorize,
     "ColorMNetColorizeVideo": ColorMNetColorizeVideo,
     "ColorMNetVideo": ColorMNetVideo,
@@ -24,6 +26,7 @@ NODE_CLASS_MAPPINGS = {
     "ColorMNetFilmShot": ColorMNetFilmShot,
     "ColorMNetRenderShot": ColorMNetRenderShot,
     "ColorMNetAssembleFilm": ColorMNetAssembleFilm,
+    "ColorMNetFilmExemplars": ColorMNetFilmExemplars,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -32,6 +35,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ColorMNetLoadExemplar": "ColorMNet Load Exemplar",
     "ColorMNetEncode": "ColorMNet Encode Exemplars",
     "ColorMNetMemory": "ColorMNet Memory",
+    "ColorMNetFinetune": "ColorMNet Fine-tune",
     "ColorMNetColorize": "ColorMNet Colorize (colourise)",
     "ColorMNetColorizeVideo": "ColorMNet Colorize Video File (deprecated)",
     "ColorMNetVideo": "ColorMNet Colorize Video",
@@ -40,4 +44,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ColorMNetFilmShot": "ColorMNet Film Shot",
     "ColorMNetRenderShot": "ColorMNet Render Shot",
     "ColorMNetAssembleFilm": "ColorMNet Assemble Film",
+    "ColorMNetFilmExemplars": "ColorMNet Film Exemplars",
 }

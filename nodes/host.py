@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 MODEL_FOLDER = "colormnet"
 FILMS_FOLDER = "colormnet_films"
+FINETUNE_FOLDER = "colormnet_finetune"
 CHECKPOINT_SUFFIXES = {".pth", ".pt", ".safetensors", ".sft", ".ckpt"}
 BACKBONE_FOLDER = "dinov3-vitb16"   # CMNET2's extracted backbone zip: support files, not a checkpoint
 
@@ -264,6 +265,12 @@ def output_dir() -> Path:
 def films_dir() -> Path:
     """Where film projects live: ComfyUI's output folder / colormnet_films (one folder per project)."""
     return output_dir() / FILMS_FOLDER
+
+
+def finetune_dir() -> Path:
+    """Where Fine-tune keeps the weights it tuned, by content key: ComfyUI's output folder /
+    colormnet_finetune (it survives a restart, unlike temp; the Model Loader does not list it)."""
+    return output_dir() / FINETUNE_FOLDER
 
 
 def temp_dir() -> Path:

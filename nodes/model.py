@@ -42,6 +42,15 @@ def load_cached(path: Path):
         return _CACHE[str(path)][1]
 
 
+def keep_loaded(path: Path, network) -> None:
+    """Take `network`, whose weights were just written to `path`, as that file's cached network (on the
+    CPU), so the nodes that use it next do not read the file back."""
+    stat = path.stat()
+    with _LOCK:
+        _CACHE.clear()   # one ColorMNet at a time, as in load_cached
+        _CACHE[str(path)] = ((stat.st_mtime, stat.st_size), network.to("cpu").eval())
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """The autocast dtype name for a precision choice on `device`.
 

@@ -31,6 +31,8 @@ SIZES = {
     "ColorMNetModelLoader": [400, 82], "ColorMNetDownloadModel": [420, 178], "ColorMNetLoadExemplar": [300, 102],
     "ColorMNetEncode": [260, 54], "ColorMNetMemory": [330, 226], "ColorMNetColorize": [330, 360],
     "ColorMNetVideo": [330, 380], "ColorMNetDetectShots": [290, 162],
+    # Fine-tune shows its scores (four or five wrapped lines) under its widgets after a run.
+    "ColorMNetFinetune": [340, 400],
     # Render Shot shows its segment (a 16:9 film at the node's width) and its notes after a run: room for
     # both, so the node does not grow out of its group then.
     "ColorMNetRenderShot": [340, 600],
@@ -513,6 +515,33 @@ def long_video(defs):
     return g
 
 
+def finetune(defs):
+    """The keyframes workflow with a Fine-tune step: the model learns the film's two exemplars first, and the
+    tuned model colorizes (the same Encode -> Memory -> Colorize chain as with a loaded model)."""
+    g = Graph(defs)
+    g.stage("1 · Load the video")
+    clip = g.add("LoadVideo", file=TWO_SHOTS)
+    parts = g.add("GetVideoComponents", video=(clip, 0))
+    g.stage("2 · One exemplar per shot")
+    previous = None
+    for frame, picture in ((0, EXEMPLAR), (12, EXEMPLAR_MIRRORED)):
+        image = g.add("LoadImage", f"Keyframe: colour version of frame {frame}", image=picture)
+        extra = {"exemplars": (previous, 0)} if previous else {}
+        previous = g.add("ColorMNetLoadExemplar", image=(image, 0), frame=frame, **extra)
+    g.stage("3 · Fine-tune the model on them")
+    loaded = g.add("ColorMNetModelLoader", checkpoint=CHECKPOINT, precision="auto")
+    # Two pictures only: nothing to spare for held-out scores (a real film gives one per shot: keep 0.2).
+    tuned = g.add("ColorMNetFinetune", model=(loaded, 0), exemplars=(previous, 0), steps=300, learning_rate=1e-5,
+                  size=448, holdout=0.0, tuning_seed=14159265, batch_size=1, save_as="")
+    g.stage("4 · Colorize with the tuned model")
+    encoded = g.add("ColorMNetEncode", model=(tuned, 0), exemplars=(previous, 0))
+    memory = g.add("ColorMNetMemory", encoded=(encoded, 0), **MEMORY_DEFAULTS)
+    out = g.add("ColorMNetColorize", model=(tuned, 0), memory=(memory, 0), frames=(parts, 0), processing_size="480",
+                keep_luminance=True, key_batch=1, shots="auto")
+    save_video(g, out, parts, "colormnet/finetune", "5 · Save the video")
+    return g
+
+
 # -- shots: an image model colours the first frame of every shot, in one batch ---------------------
 
 SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
@@ -641,16 +670,34 @@ def film_assemble(defs):
     return g
 
 
+def film_finetune(defs):
+    """Film Project (by name) -> Film Exemplars (its first shots') -> Fine-tune, saved as a checkpoint that the
+    film workflow's Model Loader then picks: tune once on the first shots, then render the film with it."""
+    g = Graph(defs)
+    g.stage("1 · Open the film")
+    film = g.add("ColorMNetFilmProject", project=FILM_PROJECT, threshold=0.2, min_shot_length=5)
+    g.stage("2 · Its first shots' exemplars")
+    exemplars = g.add("ColorMNetFilmExemplars", film=(film, 0), first_shot=0, shots=8)
+    g.stage("3 · Fine-tune and save")
+    loaded = g.add("ColorMNetModelLoader", checkpoint=CHECKPOINT, precision="auto")
+    # The example film has two shots, so nothing is held out; with eight or more exemplars keep 0.2 for scores.
+    g.add("ColorMNetFinetune", model=(loaded, 0), exemplars=(exemplars, 0), steps=300, learning_rate=1e-5, size=448,
+          holdout=0.0, tuning_seed=14159265, batch_size=1, save_as=f"{FILM_PROJECT}_tuned")
+    return g
+
+
 WORKFLOWS = {
     "colormnet_basic": basic,
     "colormnet_keyframes": keyframes,
     "colormnet_image_model_exemplar": image_model_exemplar,
     "colormnet_long_video": long_video,
+    "colormnet_finetune": finetune,
     "colormnet_shots_sd15": shots_sd15,
     "colormnet_shots_flux_kontext": shots_flux_kontext,
     "colormnet_film_sd15": film_sd15,
     "colormnet_film_flux_kontext": film_flux_kontext,
     "colormnet_film_assemble": film_assemble,
+    "colormnet_film_finetune": film_finetune,
 }
 
 

@@ -9,9 +9,10 @@ from . import golden
 from .plugin import load_plugin, submodule
 
 NODE_IDS = ["ColorMNetModelLoader", "ColorMNetDownloadModel", "ColorMNetLoadExemplar", "ColorMNetEncode",
-            "ColorMNetMemory", "ColorMNetColorize", "ColorMNetColorizeVideo", "ColorMNetDetectShots",
+            "ColorMNetMemory", "ColorMNetFinetune", "ColorMNetColorize", "ColorMNetColorizeVideo",
+            "ColorMNetDetectShots",
             "ColorMNetVideo", "ColorMNetFilmProject", "ColorMNetFilmShot", "ColorMNetRenderShot",
-            "ColorMNetAssembleFilm"]
+            "ColorMNetAssembleFilm", "ColorMNetFilmExemplars"]
 
 
 @pytest.fixture(scope="module")

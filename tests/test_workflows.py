@@ -31,8 +31,9 @@ def known_inputs(spec_dir):
 def test_every_workflow_ships_in_both_formats_with_thumbnails():
     stems = {p.stem for p in UI_FILES}
     assert stems == {"colormnet_basic", "colormnet_keyframes", "colormnet_image_model_exemplar", "colormnet_long_video",
-                     "colormnet_shots_sd15", "colormnet_shots_flux_kontext", "colormnet_film_sd15",
-                     "colormnet_film_flux_kontext", "colormnet_film_assemble"}
+                     "colormnet_finetune", "colormnet_shots_sd15", "colormnet_shots_flux_kontext",
+                     "colormnet_film_sd15", "colormnet_film_flux_kontext", "colormnet_film_assemble",
+                     "colormnet_film_finetune"}
     assert {p.stem for p in API_FILES} == stems
     for stem in stems:
         thumb = WORKFLOWS / f"{stem}.jpg"
@@ -187,6 +188,40 @@ def test_film_workflows_render_the_next_shot_per_queued_prompt(stem):
     assert kinds == ["ColorMNetAssembleFilm", "ColorMNetFilmProject", "SaveVideo"]
     [opened] = [n["inputs"] for n in assemble.values() if n["class_type"] == "ColorMNetFilmProject"]
     assert opened["project"] == project["project"] and "video" not in opened
+
+
+def test_finetune_workflow_tunes_on_the_exemplars_and_colorizes_with_the_tuned_model():
+    """Model Loader -> Fine-tune (on the chained exemplars) -> the tuned model everywhere the loader's went."""
+    prompt = json.loads((WORKFLOWS / "api" / "colormnet_finetune.json").read_text())
+    by_type = {}
+    for node_id, node in prompt.items():
+        by_type.setdefault(node["class_type"], []).append((node_id, node["inputs"]))
+    [(loader_id, _)] = by_type["ColorMNetModelLoader"]
+    [(tune_id, tune)] = by_type["ColorMNetFinetune"]
+    chained = [node_id for node_id, inputs in by_type["ColorMNetLoadExemplar"] if "exemplars" in inputs]
+    assert tune["model"] == [loader_id, 0] and tune["exemplars"] == [chained[0], 0]
+    assert tune["steps"] == 300 and tune["save_as"] == ""
+    [(_, encode)] = by_type["ColorMNetEncode"]
+    [(_, colorize)] = by_type["ColorMNetColorize"]
+    assert encode["model"] == [tune_id, 0] and colorize["model"] == [tune_id, 0]
+    assert [links for links in (v for node in prompt.values() for v in node["inputs"].values())
+            if links == [loader_id, 0]] == [[loader_id, 0]]   # the loader feeds Fine-tune only
+
+
+def test_film_finetune_workflow_tunes_on_the_projects_first_shots_and_saves_for_the_loader():
+    prompt = json.loads((WORKFLOWS / "api" / "colormnet_film_finetune.json").read_text())
+    by_type = {node["class_type"]: (node_id, node["inputs"]) for node_id, node in prompt.items()}
+    assert sorted(by_type) == ["ColorMNetFilmExemplars", "ColorMNetFilmProject", "ColorMNetFinetune",
+                               "ColorMNetModelLoader"]
+    project_id, project = by_type["ColorMNetFilmProject"]
+    film = json.loads((WORKFLOWS / "api" / "colormnet_film_sd15.json").read_text())
+    [rendered] = [n["inputs"] for n in film.values() if n["class_type"] == "ColorMNetFilmProject"]
+    assert project["project"] == rendered["project"] and "video" not in project   # the film workflow's project
+    exemplars_id, exemplars = by_type["ColorMNetFilmExemplars"]
+    assert exemplars == {"film": [project_id, 0], "first_shot": 0, "shots": 8}
+    _, tune = by_type["ColorMNetFinetune"]
+    assert tune["exemplars"] == [exemplars_id, 0] and tune["model"] == [by_type["ColorMNetModelLoader"][0], 0]
+    assert tune["save_as"] == f"{rendered['project']}_tuned"
 
 
 def test_shipped_workflows_are_up_to_date_with_the_node_definitions(spec_dir):
