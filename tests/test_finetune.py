@@ -67,10 +67,12 @@ def test_finetune_leaves_the_input_alone_is_deterministic_cancels_and_exports(go
     changed = [k for k in tuned if not torch.equal(tuned[k], original[k])]
     assert changed and not any(k.startswith("key_encoder.dino.") for k in changed)   # DINOv2 branch frozen
 
-    # Same inputs and seed: the same weights. A stop after 2 of 5 steps leaves the 2-step weights.
+    # Same inputs and seed: the same weights, also when called under inference mode (as ComfyUI runs its
+    # nodes). A stop after 2 of 5 steps leaves the 2-step weights.
     seen: list[FinetuneStep] = []
-    again = finetune_network(golden_network, tiles, dataclasses.replace(TINY, steps=5), on_step=seen.append,
-                             should_stop=lambda: len(seen) >= 2)
+    with torch.inference_mode():
+        again = finetune_network(golden_network, tiles, dataclasses.replace(TINY, steps=5), on_step=seen.append,
+                                 should_stop=lambda: len(seen) >= 2)
     assert again.cancelled and again.after is None
     assert again.steps_done == 2 and again.losses == result.losses
     assert all(torch.equal(v, tuned[k]) for k, v in again.network.state_dict().items())

@@ -28,6 +28,7 @@ network is never modified: training runs on a copy.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import time
@@ -282,6 +283,17 @@ def _training_copy(network: ColorMNet, device: torch.device) -> ColorMNet:
     return copy.deepcopy(network).to(device).requires_grad_(True)
 
 
+def _trainable(function):
+    """Runs `function` with autograd on, also when called under `torch.inference_mode()` or `no_grad`
+    (ComfyUI runs every node under inference mode, where nothing can be trained)."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with torch.inference_mode(False), torch.enable_grad():
+            return function(*args, **kwargs)
+    return wrapper
+
+
+@_trainable
 def estimate_finetune_seconds(network: ColorMNet, pictures: Sequence, config: FinetuneConfig,
                               device: torch.device | str = "cpu", colour_frames: Sequence = ()) -> float:
     """Seconds `finetune_network` will take with these inputs on `device`, measured: two training steps
@@ -304,6 +316,7 @@ def estimate_finetune_seconds(network: ColorMNet, pictures: Sequence, config: Fi
     return setup + config.steps * step + score
 
 
+@_trainable
 def finetune_network(network: ColorMNet, pictures: Sequence, config: FinetuneConfig, *,
                      device: torch.device | str = "cpu", colour_frames: Sequence = (),
                      on_step: Callable[[FinetuneStep], None] | None = None,
