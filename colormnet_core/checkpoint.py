@@ -318,6 +318,10 @@ def save_safetensors(state: dict[str, Tensor], path: str | Path, *, official_nam
     path = Path(path)
     tmp = path.with_name(path.name + ".part")
     save_file(out, str(tmp), metadata={"format": "pt", **(metadata or {})})
+    # safetensors creates its file readable by its owner only; a checkpoint is read by other accounts too
+    # (a render farm's workers, a ComfyUI service user), so it gets the usual rw-r--r--. (Not the umask:
+    # reading it means setting it, which is not thread-safe inside a server.)
+    tmp.chmod(0o644)
     tmp.replace(path)
 
 

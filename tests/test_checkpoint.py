@@ -232,3 +232,13 @@ def test_torch_advice_to_load_unsafely_never_reaches_the_user(tmp_path):
         assert "weights_only" not in text and "weights only" not in text.lower(), (path.name, text)
         head = text[:200]   # what UIs and logs show first: what happened and what to do
         assert path.name in head and ("download it again" in head or "Use the official release" in head), text
+
+
+def test_written_checkpoints_are_readable_by_other_accounts(tmp_path):
+    """safetensors creates files readable by their owner only; a farm's workers or a ComfyUI service
+    user read checkpoints (converted, trained, fine-tuned) as another account."""
+    from colormnet_core.checkpoint import save_safetensors
+
+    path = tmp_path / "weights.safetensors"
+    save_safetensors({"key_proj.key.bias": torch.zeros(2)}, path, official_names=False)
+    assert path.stat().st_mode & 0o777 == 0o644
