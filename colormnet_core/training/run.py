@@ -70,6 +70,7 @@ def _stage_data(stage: StageConfig, roots: DataRoots):
 
 
 def _check_same_run(saved: dict, current: dict, folder: Path) -> None:
+    current = json.loads(json.dumps(current))      # as it was saved: tuples become lists
     if saved["run"] != current["run"]:
         changed = sorted(k for k in current["run"] if saved["run"].get(k) != current["run"][k])
         raise InputError(f"the run in {folder} was started with other settings ({', '.join(changed)} differ): "
