@@ -308,7 +308,7 @@ def choices(args) -> None:
             started = time.perf_counter()
             torch.save(passes(net, frames, colour, keys, refs, size), path)
             print(f"{name}: runs in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-        res = torch.load(path)
+        res = torch.load(path, weights_only=True)
         n = len(frames)
 
         def measured(ab, frames=frames, keys=keys, truth=truth):

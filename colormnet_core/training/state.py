@@ -47,7 +47,10 @@ class DataPosition:
 
 
 def rng_states() -> dict:
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # numpy's key array as a tensor: the checkpoint then holds only what torch's weights_only loader reads
+    numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+    states = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -55,7 +58,8 @@ def rng_states() -> dict:
 
 def restore_rng_states(states: dict) -> None:
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -98,9 +102,9 @@ def load_training_state(folder: Path) -> dict:
         raise CheckpointError(f"nothing to resume in {folder}: it has no {LAST}. Start the run without --resume "
                               f"(or point --out at the folder of the run to continue).")
     try:
-        # Our own file: it holds the optimizer's and the generators' states (Python objects), so the
-        # tensor-only loader cannot read it. Only ever load checkpoints this program wrote.
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # Tensors, numbers, strings and containers only (the generators' states included), so torch's
+        # safe loader reads it: a training folder from elsewhere cannot run code here.
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"cannot read the training checkpoint {path} ({type(e).__name__}: {e}); it is "
                               f"damaged. Delete it to start over from the last export.") from e
