@@ -33,6 +33,11 @@ if TYPE_CHECKING:   # the network pulls in timm; exemplars are made without it (
     from .network import ColorMNet
 
 
+def _no_network() -> None:
+    """Stands in for the weak reference of a cache entry made without a network (pinned exemplars only)."""
+    return None
+
+
 @dataclass(frozen=True)
 class Exemplar:
     """image: `3 x H x W` (or `1/4 x H x W`) sRGB in [0, 1] or uint8, any size and aspect;
@@ -105,9 +110,11 @@ class EncodedExemplars:
         """Frames at which CMNET2 references are given (a reference without a frame: 0)."""
         return sorted(e.frame or 0 for e in self.exemplars if e.reference)
 
-    def prepare(self, network: ColorMNet, geometry: Geometry, device: torch.device,
+    def prepare(self, network: ColorMNet | None, geometry: Geometry, device: torch.device,
                 dtype: torch.dtype = torch.float32) -> list[PreparedExemplar]:
         """Resize, convert and (for references) encode every exemplar for `geometry` on `device`.
+
+        network: None where no exemplar is a reference (pinned exemplars are only resized).
 
         dtype: the autocast dtype the caller encodes under (float32: none). It is part of the cache
         key, so that a session in one precision never reads encodings made in another (a float32
@@ -119,11 +126,12 @@ class EncodedExemplars:
         if cached is None or cached[0]() is not network:
             self._cache.clear()   # one geometry at a time keeps device memory bounded
             prepared = [self._prepare_one(e, network, geometry, device) for e in self.exemplars]
-            self._cache[cache_key] = cached = (weakref.ref(network), prepared)
+            held = weakref.ref(network) if network is not None else _no_network
+            self._cache[cache_key] = cached = (held, prepared)
         return cached[1]
 
     @torch.inference_mode()
-    def _prepare_one(self, exemplar: Exemplar, network: ColorMNet, geometry: Geometry,
+    def _prepare_one(self, exemplar: Exemplar, network: ColorMNet | None, geometry: Geometry,
                      device: torch.device) -> PreparedExemplar:
         name = ("the reference exemplar" if exemplar.frame is None and not exemplar.reference else
                 f"the reference given at frame {exemplar.frame or 0}" if exemplar.reference else
@@ -138,6 +146,8 @@ class EncodedExemplars:
             return PreparedExemplar(exemplar.frame, lab)
         # A reference's memory entry does not depend on the video (no deep update: the value is
         # independent of the hidden state), so it is encoded once per geometry.
+        if network is None:
+            raise ValueError(f"{name} is a reference: it is encoded by the network, and none was given")
         image = lab[:, :1].expand(-1, 3, -1, -1)
         encoded = network.encode_key(image, need_shrinkage=True)
         value, _ = network.encode_value(image, encoded.features.f16, None, lab[:, 1:], deep_update=False)
