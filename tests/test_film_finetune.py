@@ -94,11 +94,11 @@ def test_film_finetune_switches_the_project_checkpoint_and_reverts(tmp_path, gol
 
 def test_fine_tuning_raises_held_out_psnr_by_a_decibel_without_raising_cdc(tmp_path, golden_checkpoint, capsys):
     """Issue 21's "fine-tuning helps where it should": six shots of real footage (blackswan tiles), the
-    synthetic golden weights, crops of 112; one exemplar held out. 40 steps (not a few hundred) keep the
-    test short: the gain is measured there already, and bench/finetune_gain.py runs the longer tune
-    whose figures bench/RESULTS.md reports."""
+    synthetic golden weights, crops of 112; one exemplar held out. 20 steps (not a few hundred) keep the
+    test short: the gain is there already (+2.7 dB, SSIM 0.53 -> 0.65, CDC 0.076 -> 0.056 when written),
+    and bench/finetune_gain.py runs the longer tune whose figures bench/RESULTS.md reports."""
     project = make_tile_film(tmp_path, frames_per_shot=2)
-    assert main(["film", "finetune", "--project", str(project.dir), "--steps", "40", "--size", "112",
+    assert main(["film", "finetune", "--project", str(project.dir), "--steps", "20", "--size", "112",
                  "--device", "cpu", "--checkpoint", str(golden_checkpoint)]) == 0
     (report_path,) = (project.dir / "checkpoints").glob("finetuned-*.json")
     report = json.loads(report_path.read_text())

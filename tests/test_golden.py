@@ -14,10 +14,20 @@ from . import golden
 pytestmark = pytest.mark.slow
 
 
+_frame_by_frame: dict[str, golden.GoldenRun] = {}
+
+
+def frame_by_frame(network, name: str) -> golden.GoldenRun:
+    """Configuration `name` with one frame per key batch (so that memory sizes read in on_frame belong to
+    that frame), run once for this module: the parity tests and the batching test read the same run."""
+    if name not in _frame_by_frame:
+        _frame_by_frame[name] = golden.run_config(network, name, record_ties=True, key_batch=1)
+    return _frame_by_frame[name]
+
+
 @pytest.fixture(scope="module", params=golden.CONFIG_NAMES)
 def config_run(request, golden_network):
-    # One frame per key batch, so that memory sizes read in on_frame belong to that frame.
-    return golden.run_config(golden_network, request.param, record_ties=True, key_batch=1)
+    return frame_by_frame(golden_network, request.param)
 
 
 def test_ab_matches_official_every_frame(config_run):
@@ -41,7 +51,7 @@ def test_consolidation_happens_on_the_recorded_frames(config_run):
 
 
 def test_batched_key_encoding_matches_unbatched(golden_network):
-    one = golden.run_config(golden_network, "A_release", key_batch=1).results
+    one = frame_by_frame(golden_network, "A_release").results
     many = golden.run_config(golden_network, "A_release", key_batch=6).results
     for a, b in zip(one, many):
         # Batching changes BLAS blocking: float rounding only (measured up to 1.25e-5), within the
