@@ -36,6 +36,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .errors import InputError
 
@@ -54,10 +55,14 @@ def build_dinov3_vitb16() -> nn.Module:
         dynamic_img_size=True)
 
 
-def dinov3_intermediate_blocks(vit: nn.Module, x: Tensor, blocks: tuple[int, ...] = DINO3_BLOCKS) -> list[Tensor]:
+def dinov3_intermediate_blocks(vit: nn.Module, x: Tensor, blocks: tuple[int, ...] = DINO3_BLOCKS,
+                               checkpointed: bool = False) -> list[Tensor]:
     """Outputs of `blocks` (0-based), unnormed, patch tokens only, as maps.
 
     x: `B x 3 x H x W`, H and W multiples of 16 -> one `B x 768 x H/16 x W/16` map per block.
+    checkpointed: where autograd records, keep only each block's input and run the block again in the
+    backward pass (activation checkpointing, as CMNET2 trains its unlocked ViT): the same gradients for
+    a fraction of the memory. The blocks have no dropout or drop-path, so the second run is the first.
     """
     b, _, h, w = x.shape
     if h % DINO3_PATCH or w % DINO3_PATCH:
@@ -66,8 +71,12 @@ def dinov3_intermediate_blocks(vit: nn.Module, x: Tensor, blocks: tuple[int, ...
     tokens, rope = vit._pos_embed(vit.patch_embed(x))       # [CLS, registers, patches], RoPE for the grid
     prefix = 1 + DINO3_REGISTERS
     outputs = []
+    again = checkpointed and torch.is_grad_enabled()
     for i, block in enumerate(vit.blocks[: max(blocks) + 1]):
-        tokens = block(tokens, rope=rope)
+        if again:
+            tokens = checkpoint(block, tokens, rope=rope, use_reentrant=False)
+        else:
+            tokens = block(tokens, rope=rope)
         if i in blocks:
             outputs.append(tokens[:, prefix:].reshape(b, gh, gw, DINO3_DIM).permute(0, 3, 1, 2))
     return outputs
@@ -79,11 +88,12 @@ class Dinov3Features(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.vit = build_dinov3_vitb16()
+        self.checkpointed = False    # activation checkpointing of the ViT's blocks, for training it
         # A pretraining parameter timm lacks: unused at inference, kept so checkpoints load strictly.
         self.mask_token = nn.Parameter(torch.zeros(1, 1, DINO3_DIM))
         self.conv = nn.Conv2d(DINO3_CONCAT_DIM, DINO3_OUT_DIM, 1, bias=False)
         self.bn = nn.BatchNorm2d(DINO3_OUT_DIM)
 
     def forward(self, x: Tensor) -> Tensor:
-        d16 = torch.cat(dinov3_intermediate_blocks(self.vit, x), dim=1)
+        d16 = torch.cat(dinov3_intermediate_blocks(self.vit, x, checkpointed=self.checkpointed), dim=1)
         return F.relu(self.bn(self.conv(d16)))

@@ -3,18 +3,21 @@
 Its result is the loader's COLORMNET_MODEL (a handle on the tuned weights' file, with the input's
 precision), so the rest of the graph does not change. Tuned weights are kept in output/colormnet_finetune
 under a content key: the input checkpoint's sha256, every picture's pixels and every setting. A re-queue
-is ComfyUI's own cache hit; after a restart the node finds the weights there instead of tuning again.
+is ComfyUI's own cache hit; after a restart the node finds the weights there instead of tuning again. The
+folder keeps the KEEP_TUNINGS most recently used tunings.
 Nothing enters that folder before a tuning has finished (temporary file, fsync, rename, then the record),
 so Cancel or a crash leaves it as it was. The maths lives in colormnet_core.training.finetune.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import textwrap
 import time
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1                 # in every cache key: bump when the same inputs would tune differently
 MARKER = "colormnet_finetune"    # safetensors metadata key of the files this node writes
 STALE_PARTIAL_S = 3600           # a partial file this old was left by a crash (none is written for so long)
+KEEP_TUNINGS = 8                 # finished tunings kept in the cache folder, the most recently used (~0.5 GB each)
 SAVE_SUFFIX = ".safetensors"
 MAX_NAME = 100
 
@@ -98,10 +102,48 @@ def cached_tuning(key: str) -> dict | None:
         load_cached(weights)
     except (OSError, ValueError, CheckpointError) as e:
         log.warning("ColorMNet: the cached fine-tuning %s is damaged (%s); tuning again", weights, e)
-        for path in (record_path, weights, weights.with_name(weights.name + ".sha256")):
-            path.unlink(missing_ok=True)
+        _remove_entry(record_path)
         return None
+    with contextlib.suppress(OSError):
+        os.utime(record_path)   # used now: the cache keeps the most recently used tunings
     return record
+
+
+_RECORD = re.compile(r"[0-9a-f]{64}\.json")
+
+
+def _remove_entry(record_path: Path) -> None:
+    """A tuning's record first (without it the entry no longer counts), then its weights and their sha256.
+    A file that cannot be removed (e.g. open elsewhere on Windows) is left for the next time, never an error:
+    the tuning that is being stored or read must not fail over another one's files."""
+    weights = record_path.with_suffix(SAVE_SUFFIX)
+    for path in (record_path, weights, weights.with_name(weights.name + ".sha256")):
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("ColorMNet: could not remove %s from the fine-tuning cache (%s)", path, e)
+
+
+def prune_cache(folder: Path, keep: int = KEEP_TUNINGS) -> int:
+    """Remove all but the `keep` most recently used tunings (a record's mtime: set when it was tuned,
+    touched when it is used again), and weights whose record never came (a crash between the two) once
+    they are STALE_PARTIAL_S old. Only files named by a content key are touched. Returns how many tunings
+    were removed. A prompt still holding a removed tuning's model gets the loader's "file is gone" error."""
+    def used(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:   # removed meanwhile
+            return 0.0
+
+    records = sorted((p for p in folder.glob("*.json") if _RECORD.fullmatch(p.name)), key=used, reverse=True)
+    for record in records[keep:]:
+        _remove_entry(record)
+    now = time.time()
+    for weights in folder.glob(f"*{SAVE_SUFFIX}"):
+        if (_RECORD.fullmatch(weights.with_suffix(".json").name) and not weights.with_suffix(".json").exists()
+                and 0 < used(weights) < now - STALE_PARTIAL_S):
+            _remove_entry(weights.with_suffix(".json"))
+    return max(0, len(records) - keep)
 
 
 def _remove_stale_partials(folder: Path) -> None:
@@ -211,7 +253,11 @@ def run_tuning(model: ColorMNetModel, pictures: list[torch.Tensor], clips: tuple
     try:
         with torch.inference_mode(False), torch.enable_grad():
             host.free_memory_for(_training_bytes(network, config), device)
-            estimate = training.estimate_finetune_seconds(network, pictures, config, device, clips)
+            estimate = training.estimate_finetune_seconds(network, pictures, config, device, clips,
+                                                          should_stop=host.interrupted)
+            if estimate is None:
+                host.raise_if_interrupted()
+                raise Cancelled("fine-tuning stopped before its first step; nothing was saved.")
             start = [f"Fine-tuning {config.steps} steps on {len(pictures)} pictures"
                      f"{f' and {len(clips)} colour clip' if clips else ''}: about {_duration(estimate)} on the "
                      f"{device.type.upper()}."]
@@ -268,6 +314,10 @@ def store(key: str, result, model: ColorMNetModel, config, pictures: int) -> dic
         raise disk_error(e, weights, "the fine-tuned weights") from e
     write_atomic(record_path, json.dumps(record, indent=1, default=str).encode(), "the fine-tuning record")
     keep_loaded(weights, result.network)
+    removed = prune_cache(weights.parent)
+    if removed:
+        log.info("ColorMNet: removed the %d least recently used fine-tuning(s) from %s (%d are kept)", removed,
+                 weights.parent, KEEP_TUNINGS)
     return record
 
 
@@ -299,8 +349,9 @@ class ColorMNetFinetune:
                    "image training on pseudo-sequences made from the pictures. A share is held out and scored "
                    "before and after (PSNR, SSIM, CDC). Progress per step; Cancel stops before the next step and "
                    "keeps nothing. The result is a model like the loader's: connect it where the loader's went. "
-                   "Tuned weights are kept in output/colormnet_finetune, so the same inputs never tune twice, "
-                   "even after a restart; save_as also writes them to models/colormnet for the Model Loader. A few "
+                   "The 8 most recently used tunings are kept in output/colormnet_finetune, so the same inputs do "
+                   "not tune twice, even after a restart; save_as also writes them to models/colormnet for the "
+                   "Model Loader, where they stay. A few "
                    "hundred steps take minutes on a GPU, much longer on a CPU.")
     RETURN_TYPES = ("COLORMNET_MODEL",)
     RETURN_NAMES = ("model",)

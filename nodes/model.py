@@ -31,7 +31,10 @@ def load_cached(path: Path):
     from ..colormnet_core.checkpoint import load_model
     from ..colormnet_core.download import verify
 
-    stat = path.stat()
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise CheckpointError(_gone(path)) from None
     stamp = (stat.st_mtime, stat.st_size)
     with _LOCK:
         cached = _CACHE.get(str(path))
@@ -40,6 +43,16 @@ def load_cached(path: Path):
             verify(path)
             _CACHE[str(path)] = (stamp, load_model(path, device="cpu"))
         return _CACHE[str(path)][1]
+
+
+def _gone(path: Path) -> str:
+    if path.parent == host.finetune_dir():
+        return (f"the fine-tuned weights {path.name} are no longer in {path.parent} (it keeps the most recently "
+                "used tunings). Run the Fine-tune node again: change one of its inputs, or run the command "
+                "'Unload Models and Execution Cache', then queue the prompt. To keep a tuning, give Fine-tune a "
+                "save_as name.")
+    return (f"the checkpoint {path} is gone since it was loaded. Put it back, or pick another one in the Model "
+            "Loader and queue the prompt again.")
 
 
 def keep_loaded(path: Path, network) -> None:

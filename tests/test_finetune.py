@@ -9,15 +9,19 @@ import pytest
 import torch
 
 from colormnet_core.checkpoint import load_model, sha256_file
+from colormnet_core.dinov3 import Dinov3Features
 from colormnet_core.errors import InputError
 from colormnet_core.training import (
     FinetuneConfig,
     FinetuneStep,
     check_finetune_data,
+    estimate_finetune_seconds,
     finetune_network,
     frozen_modules,
 )
+from colormnet_core.training.families import prepare_for_training
 from colormnet_core.training.state import export_weights
+from colormnet_core.training.trainer import Trainer
 
 from . import golden_dinov3
 from .finetune_film import exemplar_tiles
@@ -85,6 +89,20 @@ def test_finetune_leaves_the_input_alone_is_deterministic_cancels_and_exports(go
 
 
 @pytest.mark.slow
+def test_the_estimate_measures_steps_and_stops_when_asked(golden_network, monkeypatch):
+    """The up-front estimate times real steps; a Cancel during it is heard before the next step."""
+    steps = []
+    step = Trainer.step
+    monkeypatch.setattr(Trainer, "step", lambda self: steps.append(1) or step(self))
+    assert estimate_finetune_seconds(golden_network, exemplar_tiles(), TINY, should_stop=lambda: True) is None
+    assert steps == []
+    seconds = estimate_finetune_seconds(golden_network, exemplar_tiles(), dataclasses.replace(TINY, steps=400))
+    assert len(steps) == 2 and seconds > 0
+    # 400 steps cost at least 400 of the timed second step (which took > 0.05 s on any CPU here).
+    assert seconds > 400 * 0.05
+
+
+@pytest.mark.slow
 def test_dinov3_network_fine_tunes_and_its_export_loads_alone(tmp_path):
     network = load_model(golden_dinov3.fixture_release())
     assert [name for name, _ in frozen_modules(network)] == ["key_encoder.dino.vit", "key_encoder.dino.mask_token"]
@@ -107,6 +125,33 @@ def test_dinov3_network_fine_tunes_and_its_export_loads_alone(tmp_path):
     loaded = load_model(path)
     assert loaded.config.backbone == "dinov3_vitb16"
     assert all(torch.equal(v, unlocked.network.state_dict()[k]) for k, v in loaded.state_dict().items())
+    # An unlocked ViT trains with its blocks' activations checkpointed (as CMNET2's), a frozen one keeps none.
+    prepare_for_training(loaded, unlock_backbone=True)
+    assert loaded.key_encoder.dino.checkpointed
+    prepare_for_training(loaded)
+    assert not loaded.key_encoder.dino.checkpointed
+
+
+def test_checkpointed_dinov3_blocks_give_the_same_gradients():
+    torch.manual_seed(0)
+    dino = Dinov3Features()
+    x = torch.randn(1, 3, 32, 48)
+    runs = []
+    dino.vit.blocks[0].register_forward_pre_hook(lambda *_: runs.append(1))
+    gradients = []
+    for checkpointed in (False, True):
+        dino.zero_grad()
+        dino.checkpointed = checkpointed
+        runs.clear()
+        dino(x).square().mean().backward()
+        assert len(runs) == (2 if checkpointed else 1)      # checkpointed: run again in the backward pass
+        gradients.append({n: p.grad.clone() for n, p in dino.vit.named_parameters() if p.grad is not None})
+    assert len(gradients[0]) > 100 and gradients[0].keys() == gradients[1].keys()
+    assert all(torch.equal(gradients[0][n], gradients[1][n]) for n in gradients[0])
+    runs.clear()
+    with torch.no_grad():
+        dino(x)
+    assert len(runs) == 1                                     # nothing to checkpoint without autograd
 
 
 def test_colour_frames_become_clips_and_stills(tmp_path):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 
 import numpy as np
 import pytest
@@ -77,7 +79,7 @@ def tuned(tree, node_cls):
         file_sha = hashlib.sha256(model.path.read_bytes()).hexdigest()
         before = weights_digest(model_mod.load_cached(model.path))
         # The core's up-front estimate times two extra steps; the node only shows it (the core's tests check it).
-        mp.setattr(submodule("colormnet_core.training"), "estimate_finetune_seconds", lambda *_: 42.0)
+        mp.setattr(submodule("colormnet_core.training"), "estimate_finetune_seconds", lambda *_, **__: 42.0)
         mp.setattr(host, "progress", lambda total, node_id=None: lambda done: updates.append((done, total)))
         mp.setattr(host, "_send_text", lambda node_id, text: texts.append((node_id, text)))
         out = node_cls().tune(model, images=colour_pictures(3), unique_id="7", **settings())
@@ -148,9 +150,12 @@ def test_same_inputs_after_a_restart_load_the_kept_weights(tuned, node_cls, monk
 
     monkeypatch.setattr(training, "finetune_network", never)
     monkeypatch.setattr(training, "estimate_finetune_seconds", never)
+    record = tuned["out"]["result"][0].path.with_suffix(".json")
+    os.utime(record, (1e9, 1e9))
     out = node_cls().tune(loaded_model(), images=colour_pictures(3), **settings())
     (result,) = out["result"]
     assert result == tuned["out"]["result"][0]
+    assert record.stat().st_mtime > 1e9 + 1        # used now: the cache keeps what was used last
     assert out["ui"]["text"][0].startswith("Tuned earlier with these inputs")
     assert out["ui"]["text"][1:] == tuned["out"]["ui"]["text"][1:]
     # Another setting is another tuning.
@@ -193,7 +198,7 @@ def test_cancel_stops_and_keeps_nothing(tree, node_cls, monkeypatch):
     folder = tree / "output" / "colormnet_finetune"
     kept = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
     steps = []
-    monkeypatch.setattr(submodule("colormnet_core.training"), "estimate_finetune_seconds", lambda *_: 42.0)
+    monkeypatch.setattr(submodule("colormnet_core.training"), "estimate_finetune_seconds", lambda *_, **__: 42.0)
     monkeypatch.setattr(host, "progress", lambda total, node_id=None: steps.append)
     monkeypatch.setattr(host, "interrupted", lambda: True)
     with pytest.raises(errors.Cancelled, match="after 0 of 5 steps; nothing was saved"):
@@ -201,6 +206,50 @@ def test_cancel_stops_and_keeps_nothing(tree, node_cls, monkeypatch):
     assert steps == []
     assert (sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []) == kept
     assert weights_digest(model_mod.load_cached(model.path)) == before
+
+
+def test_cancel_during_the_estimate_stops_before_any_step(tree, node_cls, monkeypatch):
+    host, errors = submodule("nodes.host"), submodule("colormnet_core.errors")
+    trainer = submodule("colormnet_core.training.trainer").Trainer
+    monkeypatch.setattr(trainer, "step", lambda self: pytest.fail("a training step ran after Cancel"))
+    monkeypatch.setattr(host, "interrupted", lambda: True)
+    with pytest.raises(errors.Cancelled, match="before its first step; nothing was saved"):
+        node_cls().tune(loaded_model(), images=colour_pictures(3), **settings(steps=5, tuning_seed=12))
+
+
+def test_the_cache_keeps_the_most_recently_used_tunings(tmp_path):
+    finetune = submodule("nodes.finetune")
+    now = time.time()
+    keys = [f"{i:064x}" for i in range(6)]
+
+    def entry(key: str, age_s: float, record: bool = True) -> None:
+        files = [tmp_path / f"{key}.safetensors", tmp_path / f"{key}.safetensors.sha256"]
+        files += [tmp_path / f"{key}.json"] if record else []
+        for path in files:
+            path.write_text(key)
+            os.utime(path, (now - age_s, now - age_s))
+
+    for i, key in enumerate(keys[:4]):
+        entry(key, age_s=4000 - 1000 * i)            # keys[3] was used last
+    entry(keys[4], age_s=7200, record=False)         # weights whose record never came: a crash, 2 h ago
+    entry(keys[5], age_s=10, record=False)           # ... or a tuning being written right now
+    others = ["notes.json", "mine.safetensors", f".{keys[0]}.safetensors.partial-1"]
+    for name in others:
+        (tmp_path / name).write_text("not the cache's")
+    assert finetune.prune_cache(tmp_path, keep=2) == 2
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([*others, *(f"{k}{suffix}" for k in keys[2:4]
+                                      for suffix in (".json", ".safetensors", ".safetensors.sha256")),
+                           f"{keys[5]}.safetensors", f"{keys[5]}.safetensors.sha256"])
+    assert finetune.prune_cache(tmp_path, keep=2) == 0
+
+
+def test_a_model_whose_file_is_gone_says_what_to_do(tree):
+    model_mod, errors = submodule("nodes.model"), submodule("colormnet_core.errors")
+    with pytest.raises(errors.CheckpointError, match="Run the Fine-tune node again.*save_as"):
+        model_mod.load_cached(tree / "output" / "colormnet_finetune" / f"{0:064x}.safetensors")
+    with pytest.raises(errors.CheckpointError, match="gone since it was loaded.*Model Loader"):
+        model_mod.load_cached(tree / "models" / "removed.safetensors")
 
 
 def test_bad_inputs_say_what_to_do(tree, node_cls):

@@ -67,6 +67,11 @@ def prepare_for_training(network: nn.Module, *, unlock_backbone: bool = False) -
     frozen = frozen_modules(network, unlock_backbone=unlock_backbone)
     for _, module in frozen:
         module.requires_grad_(False)
+    dino = network.key_encoder.dino
+    if isinstance(dino, Dinov3Features):
+        # A trained ViT-B keeps every block's activations for every frame of every sequence (GBs at 448);
+        # CMNET2 checkpoints them (HuggingFace gradient checkpointing), and so do we. A frozen ViT keeps none.
+        dino.checkpointed = unlock_backbone
     trainable = [p for p in network.parameters() if p.requires_grad]
     log.info("training %d parameters; frozen: %s", sum(p.numel() for p in trainable),
              ", ".join(name for name, _ in frozen) or "nothing")

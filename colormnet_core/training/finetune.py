@@ -295,25 +295,35 @@ def _trainable(function):
 
 @_trainable
 def estimate_finetune_seconds(network: ColorMNet, pictures: Sequence, config: FinetuneConfig,
-                              device: torch.device | str = "cpu", colour_frames: Sequence = ()) -> float:
+                              device: torch.device | str = "cpu", colour_frames: Sequence = (),
+                              should_stop: Callable[[], bool] | None = None) -> float | None:
     """Seconds `finetune_network` will take with these inputs on `device`, measured: two training steps
     on a copy of the network (the second one timed; the first pays for warm-up) and one held-out
-    sequence colorized, scaled to `config.steps` and to the held-out sequences scored twice."""
+    sequence colorized, scaled to `config.steps` and to the held-out sequences scored twice.
+
+    should_stop: polled before each of those three pieces of work; None when it said stop (a Cancel
+    during the estimate waits for one step at most, not for the whole estimate)."""
     check_finetune_data(pictures, config, colour_frames)
     device = torch.device(device)
+    stopped = should_stop or (lambda: False)
     material = _material(pictures, config, colour_frames)
     started = time.perf_counter()
     trainer = _trainer(_training_copy(network, device), material, replace(config, steps=2), device)
     setup = time.perf_counter() - started
-    trainer.step()
-    step = trainer.step().seconds
+    seconds = []
+    for _ in range(2):
+        if stopped():
+            return None
+        seconds.append(trainer.step().seconds)
     sequences = _holdout(material, config)
     score = 0.0
     if sequences:
+        if stopped():
+            return None
         began = time.perf_counter()
         score_holdout(trainer.network, sequences[:1], pictures=1, clips=0, device=device)
         score = (time.perf_counter() - began) * len(sequences) * 2
-    return setup + config.steps * step + score
+    return setup + config.steps * seconds[-1] + score
 
 
 @_trainable
