@@ -140,9 +140,9 @@ def prune_cache(folder: Path, keep: int = KEEP_TUNINGS) -> int:
         _remove_entry(record)
     now = time.time()
     for weights in folder.glob(f"*{SAVE_SUFFIX}"):
-        if (_RECORD.fullmatch(weights.with_suffix(".json").name) and not weights.with_suffix(".json").exists()
-                and 0 < used(weights) < now - STALE_PARTIAL_S):
-            _remove_entry(weights.with_suffix(".json"))
+        record = weights.with_suffix(".json")
+        if _RECORD.fullmatch(record.name) and not record.exists() and 0 < used(weights) < now - STALE_PARTIAL_S:
+            _remove_entry(record)
     return max(0, len(records) - keep)
 
 
@@ -349,10 +349,10 @@ class ColorMNetFinetune:
                    "image training on pseudo-sequences made from the pictures. A share is held out and scored "
                    "before and after (PSNR, SSIM, CDC). Progress per step; Cancel stops before the next step and "
                    "keeps nothing. The result is a model like the loader's: connect it where the loader's went. "
-                   "The 8 most recently used tunings are kept in output/colormnet_finetune, so the same inputs do "
-                   "not tune twice, even after a restart; save_as also writes them to models/colormnet for the "
-                   "Model Loader, where they stay. A few "
-                   "hundred steps take minutes on a GPU, much longer on a CPU.")
+                   f"The {KEEP_TUNINGS} most recently used tunings are kept in output/colormnet_finetune, so the "
+                   "same inputs do not tune twice, even after a restart; save_as also writes them to "
+                   "models/colormnet for the Model Loader, where they stay. A few hundred steps take minutes on a "
+                   "GPU, much longer on a CPU.")
     RETURN_TYPES = ("COLORMNET_MODEL",)
     RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("The tuned model: connect it to Encode Exemplars, Colorize, Colorize Video or Render Shot.",)

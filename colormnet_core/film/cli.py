@@ -19,7 +19,7 @@ from ..cli import add_memory_arguments, memory_from_args, pick_device
 from ..errors import Cancelled
 from ..shots import ShotDetectorConfig, parse_shots
 from .assemble import assemble_film
-from .checkpoints import checkpoint_file, checkpoint_reason, project_checkpoint, revert_checkpoint
+from .checkpoints import checkpoint_file, project_checkpoint, revert_checkpoint
 from .commit import commit_shot, recover_all
 from .distributed import add_ray_arguments, render_jobs_with_ray
 from .history import revert_shot, shot_history
@@ -182,8 +182,7 @@ def render_checkpoint(project: FilmProject, explicit: str | None) -> Path:
     path = find_checkpoint(explicit)
     if own is not None and path.resolve() != own.resolve():
         print(f"note: rendering with {path} as asked; the project's own checkpoint is {own.name} ("
-              f"{checkpoint_reason(project, project_checkpoint(project).sha256)}), and `film status` judges the "
-              f"shots by it", file=sys.stderr)
+              f"{project_checkpoint(project).reason}), and `film status` judges the shots by it", file=sys.stderr)
     return path
 
 
