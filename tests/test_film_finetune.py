@@ -59,6 +59,11 @@ def test_film_finetune_switches_the_project_checkpoint_and_reverts(tmp_path, gol
     assert main(tune) == 130
     assert "the project is unchanged" in capsys.readouterr().err
     assert (project.dir / "film.json").read_bytes() == film_json and _checkpoint_files(project.dir) == []
+    # ... and while it measures its estimate (two real training steps: seconds to minutes).
+    monkeypatch.setattr("colormnet_core.training.finetune.estimate_finetune_seconds", interrupted)
+    assert main(tune) == 130
+    assert "the project is unchanged" in capsys.readouterr().err
+    assert (project.dir / "film.json").read_bytes() == film_json and _checkpoint_files(project.dir) == []
     monkeypatch.undo()
 
     assert main(tune) == 0

@@ -324,11 +324,11 @@ def _finetune(args: argparse.Namespace) -> int:
         inputs = project_inputs(project, config, colour_frames=args.colour_frames, checkpoint=args.checkpoint)
         check_finetune_data(inputs.pictures, config, inputs.colour_frames)      # refuse before any work
         started = time.perf_counter()
-        network = load_model(inputs.start.path, device=device)
-        estimate = estimate_finetune_seconds(network, inputs.pictures, config, device, inputs.colour_frames)
-        print(f"fine-tuning {inputs.start.path.name} on {inputs.describe()}: {config.steps} steps at {config.size} px "
-              f"on {device}; estimated {_duration(estimate)}", file=sys.stderr)
-        try:
+        try:        # Ctrl-C anywhere from here on (the estimate's steps included) writes nothing
+            network = load_model(inputs.start.path, device=device)
+            estimate = estimate_finetune_seconds(network, inputs.pictures, config, device, inputs.colour_frames)
+            print(f"fine-tuning {inputs.start.path.name} on {inputs.describe()}: {config.steps} steps at "
+                  f"{config.size} px on {device}; estimated {_duration(estimate)}", file=sys.stderr)
             with tqdm(total=config.steps, unit="step", file=sys.stderr, desc="fine-tune") as bar:
                 def on_step(step) -> None:
                     bar.update(1)
